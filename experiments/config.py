@@ -1,0 +1,243 @@
+"""Typed run configuration: dataclass defaults < TOML file < profile < method < CLI.
+
+A TOML file holds the defaults of one experiment::
+
+    epochs = 50                # top level: every profile and method
+    [quick]                    # profile tables override the top level
+    epochs = 2
+    [methods.multirate]        # method tables override the profile
+    optimizer = "multirate"
+    k = 5
+
+and ``python -m experiments.X --profile quick --method multirate k=3`` overrides on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+PROFILES = ("quick", "paper")
+OPTIMIZERS = ("sgd", "multirate")
+PARTITIONS = ("layerwise", "random_subgroups")
+SCHEDULES = ("constant", "cosine", "multistep")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+
+# Fields that do not change what is computed, so they stay out of the run hash:
+# moving the results folder or switching W&B on must still find the same run.
+NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "rerun")
+
+# Chosen by arguments (--profile/--method), never by a file or an override.
+_RESERVED = {"profile": "--profile", "method": "--method"}
+_TABLES = (*PROFILES, "methods")
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+@dataclass
+class RunConfig:
+    """Fields every experiment shares. Experiments subclass it to add their own."""
+
+    experiment: str = "experiment"
+    profile: str = "quick"
+    method: str = "train_all"
+    optimizer: str = "sgd"
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1  # for multirate: the slow step size h (fast steps use h/k)
+    k: int = 1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    linear_drift: bool = True
+    train: list[str] = field(default_factory=lambda: ["all"])  # module-name prefixes
+    fast: list[str] = field(default_factory=lambda: ["fc"])  # module-name prefixes
+    partition: str = "layerwise"
+    slow_fraction: float = 0.5
+    schedule: str = "constant"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    eval_every: int = 1  # epochs
+    device: str = "auto"
+    results_dir: str = "results"
+    wandb: str = "auto"
+    wandb_project: str = "multirate"
+    checkpoint: bool = True
+    rerun: bool = False  # train again even if a finished run with this name exists
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field whose value is impossible."""
+        # Written as `not (x >= 0)` so that NaN fails too.
+        checks = [
+            ("profile", self.profile in PROFILES, f"one of {PROFILES}"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+            ("partition", self.partition in PARTITIONS, f"one of {PARTITIONS}"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+            ("wandb", self.wandb in WANDB_MODES, f"one of {WANDB_MODES}"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("k", self.k >= 1, ">= 1"),
+            ("eval_every", self.eval_every >= 1, ">= 1"),
+            ("lr", self.lr >= 0, ">= 0"),
+            ("momentum", self.momentum >= 0, ">= 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("slow_fraction", 0 <= self.slow_fraction <= 1, "in [0, 1]"),
+            ("gamma", self.gamma > 0, "> 0"),
+            ("train", len(self.train) > 0, "a non-empty list"),
+        ]
+        for key, ok, requirement in checks:
+            if not ok:
+                raise ValueError(f"invalid {key}={getattr(self, key)!r}: must be {requirement}")
+
+    @property
+    def run_name(self) -> str:
+        """`{method}-seed{seed}-{hash8}`: a changed hyperparameter gives a new name."""
+        identity = {k: v for k, v in asdict(self).items() if k not in NOT_HASHED}
+        blob = json.dumps(identity, sort_keys=True).encode()
+        return f"{self.method}-seed{self.seed}-{hashlib.sha256(blob).hexdigest()[:8]}"
+
+    @property
+    def run_dir(self) -> Path:
+        """Folder shared by all runs of this experiment and profile."""
+        return Path(self.results_dir) / self.profile / self.experiment
+
+
+C = TypeVar("C", bound=RunConfig)
+
+
+def _unknown(key: str, known: typing.Iterable[str], where: str) -> ValueError:
+    close = difflib.get_close_matches(key, list(known), n=3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return ValueError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def convert(key: str, value: Any, typ: Any) -> Any:
+    """Convert a TOML value or a command-line string to the field type `typ`.
+
+    Strings parse as bool (true/false/1/0/yes/no), int, float, or comma-separated
+    lists; native TOML values must already have the right type (an int is a valid float).
+    """
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return convert(key, value, inner)
+    if origin is list:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list):
+            return [convert(key, item, args[0]) for item in value]
+    elif typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+    elif typ in (int, float):
+        if isinstance(value, str):
+            try:
+                return typ(value.strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if typ is float or isinstance(value, int):
+                return typ(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config field {key!r} has unsupported type {typ!r}")
+    name = getattr(typ, "__name__", str(typ))
+    raise ValueError(f"cannot parse {key}={value!r} as {name}")
+
+
+def load_config(
+    cls: type[C], toml_path: str | Path, profile: str, method: str, overrides: list[str] = ()
+) -> C:
+    """Build a `cls` from its dataclass defaults, the TOML file, the profile table,
+    the method table and `key=value` overrides, later ones winning.
+
+    Unknown keys, unparsable values and impossible values raise ValueError naming the key.
+    """
+    toml_path = Path(toml_path)
+    with open(toml_path, "rb") as f:
+        data = tomllib.load(f)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in _TABLES:
+            raise _unknown(key, [*fields, *_TABLES], f"{toml_path} (table)")
+    if profile not in PROFILES:
+        raise ValueError(f"invalid profile={profile!r}: must be one of {PROFILES}")
+    methods = data.get("methods", {})
+    if methods and method not in methods:
+        raise ValueError(f"unknown method {method!r}: {toml_path} defines {sorted(methods)}")
+
+    cli = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        cli[key.strip()] = value
+
+    layers = [
+        (f"{toml_path} (top level)", {k: v for k, v in data.items() if k not in _TABLES}),
+        (f"{toml_path} [{profile}]", data.get(profile, {})),
+        (f"{toml_path} [methods.{method}]", methods.get(method, {})),
+        ("command line", cli),
+    ]
+    values: dict[str, Any] = {"experiment": toml_path.stem}
+    for where, layer in layers:
+        for key, value in layer.items():
+            if key in _RESERVED:
+                raise ValueError(f"{key!r} in {where}: choose it with {_RESERVED[key]}")
+            if key not in fields:
+                raise _unknown(key, fields, where)
+            values[key] = convert(key, value, hints[key])
+    return cls(**values, profile=profile, method=method)
+
+
+def list_methods(toml_path: str | Path) -> list[str]:
+    """The method names a TOML file defines under `[methods.*]` (may be empty)."""
+    with open(toml_path, "rb") as f:
+        return list(tomllib.load(f).get("methods", {}))
+
+
+def parse_cli(argv: list[str] | None = None) -> tuple[str, list[str] | None, list[int] | None, list[str]]:
+    """Parse `[--profile P] [--method a,b] [--seeds 0,1,2] [key=value ...]`.
+
+    Returns (profile, methods, seeds, overrides); methods/seeds are None when not given.
+    """
+    parser = argparse.ArgumentParser(
+        description="Run an experiment for each method x seed.",
+        epilog="key=value overrides any config field, e.g. lr=0.05 train=layer4,fc",
+    )
+    parser.add_argument("--profile", default="quick", choices=PROFILES)
+    parser.add_argument("--method", default=None, help="comma-separated method names")
+    parser.add_argument("--seeds", default=None, help="comma-separated integer seeds")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_intermixed_args(argv)
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    for item in args.overrides:
+        if "=" not in item:
+            parser.error(f"override {item!r} is not of the form key=value")
+    return args.profile, methods, seeds, list(args.overrides)

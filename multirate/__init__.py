@@ -1,0 +1,8 @@
+"""Multirate training of neural networks (Vlaar & Leimkuhler, ICML 2022)."""
+
+from multirate import partition
+from multirate.optimizer import Multirate
+from multirate.step import TrainStep
+
+__all__ = ["Multirate", "TrainStep", "partition"]
+__version__ = "0.1.0"

@@ -1,0 +1,197 @@
+"""Config loading: precedence, parsing, validation, run names, CLI."""
+
+import re
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from experiments.config import RunConfig, list_methods, load_config, parse_cli
+
+TOML = """
+lr = 0.2
+epochs = 20
+momentum = 0.5
+
+[quick]
+epochs = 3
+batch_size = 16
+
+[paper]
+epochs = 50
+
+[methods.train_all]
+
+[methods.multirate]
+optimizer = "multirate"
+k = 5
+batch_size = 8
+"""
+
+
+@dataclass
+class SubConfig(RunConfig):
+    image_size: int = 32
+    layers: list[int] = field(default_factory=lambda: [1, 2])
+    note: str | None = None
+
+
+@pytest.fixture
+def toml(tmp_path):
+    path = tmp_path / "blobs.toml"
+    path.write_text(TOML)
+    return path
+
+
+def write(tmp_path, text, name="exp.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_precedence(toml):
+    cfg = load_config(RunConfig, toml, "quick", "multirate", ["k=7"])
+    assert cfg.momentum == 0.5  # top level over dataclass default 0.9
+    assert cfg.lr == 0.2
+    assert cfg.epochs == 3  # profile over top level
+    assert cfg.batch_size == 8  # method over profile
+    assert cfg.optimizer == "multirate"
+    assert cfg.k == 7  # command line over method
+    assert cfg.weight_decay == RunConfig.weight_decay  # untouched default
+    assert (cfg.profile, cfg.method, cfg.experiment) == ("quick", "multirate", "blobs")
+
+    paper = load_config(RunConfig, toml, "paper", "train_all", [])
+    assert (paper.epochs, paper.batch_size, paper.k, paper.optimizer) == (50, 128, 1, "sgd")
+
+
+def test_experiment_name_from_file_unless_set(tmp_path):
+    assert load_config(RunConfig, write(tmp_path, ""), "quick", "m").experiment == "exp"
+    path = write(tmp_path, 'experiment = "transfer"')
+    assert load_config(RunConfig, path, "quick", "m").experiment == "transfer"
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("linear_drift=false", "linear_drift", False),
+    ("linear_drift=TRUE", "linear_drift", True),
+    ("linear_drift=0", "linear_drift", False),
+    ("linear_drift=1", "linear_drift", True),
+    ("k=4", "k", 4),
+    ("lr=1e-3", "lr", 1e-3),
+    ("lr=2", "lr", 2.0),
+    ("wandb_project=my-proj", "wandb_project", "my-proj"),
+    ("train=layer4, fc", "train", ["layer4", "fc"]),
+    ("fast=fc", "fast", ["fc"]),
+    ("milestones=30,40", "milestones", [30, 40]),
+    ("milestones=", "milestones", []),
+    ("image_size=64", "image_size", 64),
+    ("layers=3", "layers", [3]),
+    ("note=hello=world", "note", "hello=world"),
+    ("note=none", "note", None),
+])
+def test_cli_override_types(tmp_path, override, key, expected):
+    cfg = load_config(SubConfig, write(tmp_path, ""), "quick", "m", [override])
+    value = getattr(cfg, key)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_toml_values_typed(tmp_path):
+    text = "lr = 1\nmilestones = [3, 4]\ntrain = ['fc']\nlinear_drift = false\nimage_size = 8"
+    path = write(tmp_path, text)
+    cfg = load_config(SubConfig, path, "quick", "m")
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert (cfg.milestones, cfg.train, cfg.linear_drift, cfg.image_size) == ([3, 4], ["fc"], False, 8)
+
+
+@pytest.mark.parametrize("text, overrides, where", [
+    ("epoch = 3", [], "top level"),
+    ("[quick]\nbatchsize = 3", [], "[quick]"),
+    ("[methods.m]\nepoch = 3", [], "[methods.m]"),
+    ("", ["epoch=3"], "command line"),
+])
+def test_unknown_key_names_it_and_suggests(tmp_path, text, overrides, where):
+    with pytest.raises(ValueError) as err:
+        load_config(RunConfig, write(tmp_path, text), "quick", "m", overrides)
+    message = str(err.value)
+    assert "unknown config key" in message and where in message
+    assert "epochs" in message or "batch_size" in message  # the suggestion
+
+
+def test_unknown_table_and_method(tmp_path, toml):
+    with pytest.raises(ValueError, match="quik"):
+        load_config(RunConfig, write(tmp_path, "[quik]\nepochs = 1"), "quick", "m")
+    with pytest.raises(ValueError, match="multirat'.*multirate"):
+        load_config(RunConfig, toml, "quick", "multirat")
+
+
+@pytest.mark.parametrize("text, overrides, key", [
+    ("", ["k=abc"], "k"),
+    ("", ["k=2.5"], "k"),
+    ("", ["lr=fast"], "lr"),
+    ("", ["linear_drift=maybe"], "linear_drift"),
+    ("", ["milestones=1,x"], "milestones"),
+    ('k = "five"', [], "k"),
+    ("k = 2.5", [], "k"),
+    ("epochs = true", [], "epochs"),
+    ('train = "fc"\nseed = [1]', [], "seed"),
+    ("", ["noequals"], "noequals"),
+])
+def test_bad_value_names_key(tmp_path, text, overrides, key):
+    with pytest.raises(ValueError, match=re.escape(key)):
+        load_config(RunConfig, write(tmp_path, text), "quick", "m", overrides)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("k=0", "k"), ("lr=-0.1", "lr"), ("lr=nan", "lr"), ("epochs=0", "epochs"),
+    ("batch_size=0", "batch_size"), ("optimizer=adam", "optimizer"), ("schedule=linear", "schedule"),
+    ("wandb=maybe", "wandb"), ("eval_every=0", "eval_every"), ("slow_fraction=1.5", "slow_fraction"),
+    ("train=", "train"),
+])
+def test_impossible_values(tmp_path, override, key):
+    with pytest.raises(ValueError, match=f"invalid {key}="):
+        load_config(RunConfig, write(tmp_path, ""), "quick", "m", [override])
+
+
+def test_profile_and_method_are_arguments(tmp_path):
+    with pytest.raises(ValueError, match="profile"):
+        load_config(RunConfig, write(tmp_path, ""), "medium", "m")
+    with pytest.raises(ValueError, match="--profile"):
+        load_config(RunConfig, write(tmp_path, 'profile = "paper"'), "quick", "m")
+    with pytest.raises(ValueError, match="--method"):
+        load_config(RunConfig, write(tmp_path, ""), "quick", "m", ["method=x"])
+    with pytest.raises(ValueError, match="profile"):
+        RunConfig(profile="full")
+
+
+def test_run_name(toml):
+    a = load_config(RunConfig, toml, "quick", "multirate", ["seed=3"])
+    assert a.run_name == load_config(RunConfig, toml, "quick", "multirate", ["seed=3"]).run_name
+    assert re.fullmatch(r"multirate-seed3-[0-9a-f]{8}", a.run_name)
+    for changed in ["lr=0.3", "k=2", "train=fc", "seed=4", "momentum=0.6"]:
+        other = load_config(RunConfig, toml, "quick", "multirate", ["seed=3", changed])
+        assert other.run_name != a.run_name, changed
+    for same in ["results_dir=elsewhere", "device=cuda", "wandb=disabled"]:
+        other = load_config(RunConfig, toml, "quick", "multirate", ["seed=3", same])
+        assert other.run_name == a.run_name, same
+    assert replace(a, lr=a.lr).run_name == a.run_name
+
+
+def test_run_dir(toml):
+    cfg = load_config(RunConfig, toml, "paper", "train_all", ["results_dir=out"])
+    assert str(cfg.run_dir) == "out/paper/blobs"
+
+
+def test_list_methods(toml, tmp_path):
+    assert list_methods(toml) == ["train_all", "multirate"]
+    assert list_methods(write(tmp_path, "")) == []
+
+
+def test_parse_cli():
+    assert parse_cli([]) == ("quick", None, None, [])
+    assert parse_cli(["--profile", "paper", "--method", "a,b", "--seeds", "0,1,2", "lr=0.1", "k=3"]) == (
+        "paper", ["a", "b"], [0, 1, 2], ["lr=0.1", "k=3"])
+    assert parse_cli(["lr=0.1", "--seeds", "5", "k=3"]) == ("quick", None, [5], ["lr=0.1", "k=3"])
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "a"], ["--profile", "full"], ["lr"]])
+def test_parse_cli_errors(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_cli(argv)
