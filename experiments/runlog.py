@@ -71,6 +71,15 @@ def read_results(folder: str | Path, only_complete: bool = False) -> pd.DataFram
     return pd.concat(frames, ignore_index=True)
 
 
+def read_runs(folder: str | Path) -> pd.DataFrame:
+    """One row per run in `folder`: its name, status and every config field (from the run JSONs).
+
+    Join it to `read_results` on "run" to split results by any config field.
+    """
+    records = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
+    return pd.DataFrame([{"run": r["run"], "status": r["status"], **r["config"]} for r in records])
+
+
 def read_status(cfg: RunConfig) -> str | None:
     """Status recorded in the run's JSON ("running"/"complete"/"diverged"), or None."""
     path = cfg.run_dir / f"{cfg.run_name}.json"

@@ -1,0 +1,1 @@
+"""Plotting scripts: tidy CSVs under results/<profile>/ -> the paper's figures."""
