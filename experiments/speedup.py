@@ -1,0 +1,250 @@
+"""Speed-up of multirate over full fine-tuning, per training step, with random weights.
+
+    python -m experiments.speedup --model resnet34 --image-size 32 --batch-size 128 --k 5 \
+        --steps 10 --repeats 5 --threads 1 --json /tmp/speedup/resnet34.json
+
+Three methods train the same model (three copies of one random initialisation) on one fixed
+random minibatch, each step through :class:`multirate.TrainStep`:
+
+- ``train_all``: SGD with momentum over every parameter;
+- ``multirate``: Multirate with linear drift, fast = the head, slow = the rest;
+- ``head_only``: SGD with momentum over the head, the rest frozen (``requires_grad_(False)``).
+
+The head is ``fc`` for the ResNets and ``pre_classifier`` + ``classifier`` for DistilBERT (the two
+linear layers on top of the transformer, which a sequence-classification fine-tune adds).
+
+Timing: after a warm-up window, each repeat times ``--steps`` steps of every method, the methods
+taking turns (round robin) so that load from other processes hits all of them alike; a method's
+time per step is the median over repeats. The same rounds also time the phases of a step --
+forward F and full backward B of a train-all step, and the head-only backward b after a forward
+whose backbone recorded no graph (what a fast step does) -- which give the best speed-up the
+paper's cost model allows, k(F+B) / (kF + B + (k-1)b).
+
+On a CPU shared with other jobs use ``--threads 1``: with one thread per core, OpenMP threads wait
+for each other whenever another process holds a core, and step times swing 10-40x. ``--clock
+process`` (with one thread) times the CPU this process gets, so the load of others drops out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from multirate import Multirate, TrainStep, partition
+
+MODELS = ("resnet34", "resnet50", "distilbert")
+METHODS = ("train_all", "multirate", "head_only")
+HEADS = {"resnet34": ["fc"], "resnet50": ["fc"], "distilbert": ["pre_classifier", "classifier"]}
+# "process": CPU seconds of this process, which leaves out the time other processes take from it on
+# a shared machine; it measures compute only with --threads 1 (idle OpenMP threads spin).
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+LR, MOMENTUM = 1e-3, 0.9  # speed does not depend on them; small enough that the loss stays finite
+
+
+@dataclass
+class Settings:
+    model: str = "resnet34"
+    image_size: int = 32
+    seq_len: int = 128
+    batch_size: int = 128
+    k: int = 5
+    steps: int = 10  # steps per timed window; a multiple of k
+    repeats: int = 5
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    # ResNets in NHWC: the layout oneDNN/cuDNN convolutions are fastest in, for every method alike
+    # (on this 2-core CPU it cut ResNet-50's F by ~25 % and B by ~8 %).
+    channels_last: bool = True
+    clock: str = "wall"
+    json: str | None = None
+    # Overrides of DistilBertConfig() (tests use a tiny one); not on the command line.
+    distilbert_config: dict = field(default_factory=dict)
+
+
+def build(s: Settings) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]:
+    """A randomly initialised model on the device and a function: model -> loss on a fixed batch."""
+    torch.manual_seed(0)
+    device = torch.device(s.device)
+    if s.model == "distilbert":
+        from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+        config = DistilBertConfig(num_labels=2, **s.distilbert_config)
+        model = DistilBertForSequenceClassification(config).to(device)
+        ids = torch.randint(0, config.vocab_size, (s.batch_size, s.seq_len), device=device)
+        mask = torch.ones_like(ids)
+        y = torch.randint(0, 2, (s.batch_size,), device=device)
+        return model, lambda m: F.cross_entropy(m(input_ids=ids, attention_mask=mask).logits, y)
+    import torchvision
+
+    model = getattr(torchvision.models, s.model)(num_classes=100).to(device)
+    x = torch.randn(s.batch_size, 3, s.image_size, s.image_size, device=device)
+    if s.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (s.batch_size,), device=device)
+    return model, lambda m: F.cross_entropy(m(x), y)
+
+
+def head_params(model: nn.Module, head: list[str]) -> list[nn.Parameter]:
+    return [p for name, module in model.named_children() if name in head for p in module.parameters()]
+
+
+def make_steps(model: nn.Module, loss_fn, head: list[str], k: int, clock: Callable) -> dict[str, Callable]:
+    """One callable per method that trains its own copy of ``model`` on one minibatch."""
+    models = {name: copy.deepcopy(model) for name in METHODS}
+    frozen = models["head_only"]
+    frozen.requires_grad_(False)  # once, before TrainStep: the backbone then never records a graph
+    for p in head_params(frozen, head):
+        p.requires_grad_(True)
+    optimizers = {
+        "train_all": torch.optim.SGD(models["train_all"].parameters(), lr=LR, momentum=MOMENTUM),
+        "multirate": Multirate(partition.layerwise(models["multirate"], head), lr=LR, k=k,
+                               momentum=MOMENTUM),  # linear drift is the default
+        "head_only": torch.optim.SGD(head_params(frozen, head), lr=LR, momentum=MOMENTUM),
+    }
+    steps = {}
+    for name in METHODS:
+        train_step, m = TrainStep(models[name], optimizers[name]), models[name]
+        steps[name] = lambda train_step=train_step, m=m: train_step(lambda: loss_fn(m))
+    # The phases run on the train_all copy (full graph) and the head_only copy (no backbone graph).
+    steps["phases"] = lambda: measure_phases(models["train_all"], models["head_only"], loss_fn, clock)
+    return steps
+
+
+def measure_phases(full: nn.Module, frozen: nn.Module, loss_fn, clock: Callable) -> tuple[float, ...]:
+    """Seconds of (F, B, b): forward and backward of a train-all step, backward of a fast step."""
+    sync = torch.cuda.synchronize if next(full.parameters()).is_cuda else (lambda: None)
+    full.zero_grad(set_to_none=True)
+    sync()
+    t0 = clock()
+    loss = loss_fn(full)
+    sync()
+    t1 = clock()
+    loss.backward()
+    sync()
+    t2 = clock()
+    full.zero_grad(set_to_none=True)  # free the gradients before the next forward
+    loss = loss_fn(frozen)  # the backbone has no trainable parameters: no graph before the head
+    sync()
+    t3 = clock()
+    loss.backward()
+    sync()
+    t4 = clock()
+    frozen.zero_grad(set_to_none=True)
+    return t1 - t0, t2 - t1, t4 - t3
+
+
+def window(step: Callable, n: int, sync: Callable, clock: Callable) -> float | tuple[float, ...]:
+    """Mean seconds per call of ``step`` over ``n`` calls (per component if it returns times)."""
+    sync()
+    start = clock()
+    parts = [step() for _ in range(n)]
+    sync()
+    if isinstance(parts[0], tuple):
+        return tuple(sum(c) / n for c in zip(*parts, strict=True))
+    return (clock() - start) / n
+
+
+def limit(k: int, F: float, B: float, b: float) -> float:
+    """Best speed-up of multirate over train-all when a fast step costs F + b (paper notes)."""
+    return k * (F + B) / (k * F + B + (k - 1) * b)
+
+
+def benchmark(s: Settings) -> dict:
+    if s.model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {s.model!r}")
+    if s.k < 1 or s.steps < 1 or s.repeats < 1 or s.steps % s.k:
+        # Every timed window then holds the same number (steps / k) of slow steps.
+        raise ValueError(f"need k, steps, repeats >= 1 and steps a multiple of k; got "
+                         f"k={s.k}, steps={s.steps}, repeats={s.repeats}")
+    if s.clock == "process" and s.device == "cuda":
+        raise ValueError("the process clock does not see GPU time; use --clock wall on cuda")
+    threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        return _benchmark(s)
+    finally:
+        torch.set_num_threads(threads)  # a process-wide setting: leave it as found (tests share it)
+
+
+def _benchmark(s: Settings) -> dict:
+    sync = torch.cuda.synchronize if s.device == "cuda" else (lambda: None)
+    model, loss_fn = build(s)
+    model.train()
+    clock = CLOCKS[s.clock]
+    steps = make_steps(model, loss_fn, HEADS[s.model], s.k, clock)
+    del model
+    for step in steps.values():  # warm-up: allocator, kernels, TrainStep's first unpruned steps
+        window(step, s.steps, sync, clock)
+    times = {name: [] for name in steps}
+    for _ in range(s.repeats):
+        for name, step in steps.items():  # round robin
+            times[name].append(window(step, s.steps, sync, clock))
+    methods = {name: {"s_per_step": statistics.median(times[name]), "all": times[name]}
+               for name in METHODS}
+    F_, B, b = (statistics.median(t[i] for t in times["phases"]) for i in range(3))
+    speedup = methods["train_all"]["s_per_step"] / methods["multirate"]["s_per_step"]
+    result = dict(model=s.model, device=s.device, image_size=s.image_size, seq_len=s.seq_len,
+                  batch_size=s.batch_size, k=s.k, steps=s.steps, repeats=s.repeats,
+                  threads=torch.get_num_threads(), torch=torch.__version__, head=HEADS[s.model],
+                  channels_last=s.channels_last and s.model != "distilbert", clock=s.clock,
+                  methods=methods, speedup=speedup,
+                  head_only_speedup=methods["train_all"]["s_per_step"] / methods["head_only"]["s_per_step"],
+                  F=F_, B=B, b=b, limit=limit(s.k, F_, B, b))
+    result["fraction_of_limit"] = speedup / result["limit"]
+    return result
+
+
+def report(r: dict) -> str:
+    base = r["methods"]["train_all"]["s_per_step"]
+    lines = [f"{r['model']} on {r['device']} ({r['threads']} threads, {r['clock']} clock), "
+             f"batch {r['batch_size']}, k={r['k']}, {r['steps']} steps x {r['repeats']} repeats",
+             f"{'method':<10} {'s/step':>9} {'speed-up':>9}"]
+    for name, m in r["methods"].items():
+        lines.append(f"{name:<10} {m['s_per_step']:9.4f} {base / m['s_per_step']:8.2f}x")
+    lines.append(f"F={r['F']:.4f}s B={r['B']:.4f}s b={r['b']:.4f}s  limit={r['limit']:.2f}x  "
+                 f"multirate reaches {100 * r['fraction_of_limit']:.0f}% of it")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> Settings:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=MODELS, default=Settings.model)
+    for name in ("image_size", "seq_len", "batch_size", "k", "steps", "repeats"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(Settings, name))
+    p.add_argument("--device", choices=("cpu", "cuda"), default=Settings.device)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="ResNets in NHWC memory format (default: on)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default=Settings.clock,
+                   help="wall time (default) or this process's CPU time (for a shared CPU, with --threads 1)")
+    p.add_argument("--json", default=None, help="write the results here")
+    s = Settings(**vars(p.parse_args(argv)))
+    if s.steps % s.k:
+        p.error(f"--steps ({s.steps}) must be a multiple of --k ({s.k})")
+    return s
+
+
+def main(argv=None) -> dict:
+    s = parse_args(argv)
+    result = benchmark(s)
+    print(report(result))
+    if s.json:
+        Path(s.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(s.json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

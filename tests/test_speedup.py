@@ -1,0 +1,67 @@
+"""The speed-up benchmark on tiny settings: schema, positive times, the limit formula."""
+
+import json
+
+import pytest
+
+from experiments.speedup import METHODS, Settings, benchmark, limit, main
+
+TINY_BERT = dict(vocab_size=50, dim=16, hidden_dim=32, n_layers=1, n_heads=2, max_position_embeddings=16)
+KEYS = {"model", "device", "image_size", "seq_len", "batch_size", "k", "steps", "repeats", "threads",
+        "torch", "methods", "speedup", "head_only_speedup", "F", "B", "b", "limit", "fraction_of_limit"}
+
+
+def check(r, s):
+    assert KEYS <= r.keys()
+    assert (r["model"], r["k"], r["steps"], r["repeats"]) == (s.model, s.k, s.steps, s.repeats)
+    assert set(r["methods"]) == set(METHODS)
+    for m in r["methods"].values():
+        assert len(m["all"]) == s.repeats and all(t > 0 for t in m["all"])
+        assert min(m["all"]) <= m["s_per_step"] <= max(m["all"])
+    assert all(r[key] > 0 for key in ("speedup", "head_only_speedup", "F", "B", "b", "limit"))
+    assert r["limit"] == pytest.approx(r["k"] * (r["F"] + r["B"])
+                                       / (r["k"] * r["F"] + r["B"] + (r["k"] - 1) * r["b"]))
+    assert r["speedup"] == pytest.approx(r["methods"]["train_all"]["s_per_step"]
+                                         / r["methods"]["multirate"]["s_per_step"])
+    assert r["fraction_of_limit"] == pytest.approx(r["speedup"] / r["limit"])
+
+
+def test_resnet34_tiny_cli(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    main(["--model", "resnet34", "--image-size", "16", "--batch-size", "2", "--k", "2", "--steps", "2",
+          "--repeats", "2", "--threads", "1", "--json", str(out)])
+    r = json.loads(out.read_text())
+    check(r, Settings(model="resnet34", k=2, steps=2, repeats=2))
+    assert r["threads"] == 1
+    assert "multirate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_distilbert_tiny(clock):
+    s = Settings(model="distilbert", seq_len=8, batch_size=2, k=3, steps=3, repeats=1, threads=1,
+                 clock=clock, distilbert_config=TINY_BERT)
+    r = benchmark(s)
+    check(r, s)
+    assert r["clock"] == clock
+
+
+def test_steps_must_be_a_multiple_of_k():
+    with pytest.raises(ValueError, match="multiple of k"):
+        benchmark(Settings(k=3, steps=4))
+    with pytest.raises(SystemExit):
+        main(["--k", "3", "--steps", "4"])
+
+
+def test_limit_formula():
+    assert limit(1, 1.0, 2.0, 0.0) == 1.0  # k = 1: multirate is plain SGD
+    assert limit(5, 1.0, 2.0, 0.0) == pytest.approx(15 / 7)  # the paper's "about 2.1x" for B = 2F
+    assert limit(5, 1.0, 2.0, 2.0) == 1.0  # a head as costly as the whole backward saves nothing
+
+
+@pytest.mark.slow
+def test_resnet34_realistic_speedup():
+    # One thread and the process's CPU time: the machine may be shared, and this checks compute.
+    r = benchmark(Settings(model="resnet34", image_size=32, batch_size=64, k=5, steps=5, repeats=3,
+                           threads=1, clock="process"))
+    assert r["speedup"] > 1.3
+    assert r["fraction_of_limit"] > 0.8
