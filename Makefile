@@ -36,8 +36,9 @@ test-all: setup  ## every test, the slow end-to-end runs included
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
 
-fig-transfer: setup  ## transfer learning (ResNets; DistilBERT still to come) and its figure; PROFILE=quick|paper SEEDS=0,1,2
+fig-transfer: setup  ## transfer learning (ResNets, DistilBERT) and its figure; PROFILE=quick|paper SEEDS=0,1,2
 	for model in $(TRANSFER_RESNETS); do $(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) model=$$model || exit 1; done
+	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS)
 	$(PY) -m figures.transfer --profile $(PROFILE)
 
 speedup: setup  ## time train-all / multirate / head-only steps (DEVICE=cpu|cuda) -> results/speedup/
