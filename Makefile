@@ -5,17 +5,22 @@ PY := $(VENV)/bin/python
 PROFILE ?= quick# quick: offline, CPU, minutes; paper: real data and weights, full scale
 SEEDS ?= 0,1,2
 DEVICE ?= cpu# for `make speedup`: cpu or cuda
+SWEEP ?= experiments/sweeps/transfer_random.toml
+SLURM ?=# options for experiments.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08:00:00 --partition gpu --mem 32G"
 
 ifeq ($(PROFILE),paper)
 TRANSFER_RESNETS := resnet50 resnet34
+REG_ENV :=
 else
 TRANSFER_RESNETS := small_resnet
+REG_ENV := OMP_NUM_THREADS=1# quick profile: two processes side by side, one core each
 endif
 
-.PHONY: help setup test test-all lint clean fig-transfer speedup
+.PHONY: help setup test test-all lint clean fig-transfer fig-patch fig-regularization speedup
+.PHONY: convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed  ## create .venv with a working torch/torchvision pair and everything else
 
@@ -41,11 +46,46 @@ fig-transfer: setup  ## transfer learning (ResNets, DistilBERT) and its figure; 
 	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS)
 	$(PY) -m figures.transfer --profile $(PROFILE)
 
+fig-patch: setup  ## patch-augmented data (WRN-16: small h, large h, multirate) and its figure; PROFILE, SEEDS
+	$(REG_ENV) $(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method small_lr,multirate & a=$$!; \
+	$(REG_ENV) $(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method large_lr,multirate_early; b=$$?; \
+	wait $$a && test $$b -eq 0
+	$(PY) -m figures.patch --profile $(PROFILE)
+
+fig-regularization: setup  ## random subgroups vs SGD and dropout (transformer LM, perceptron) and its figure
+	$(REG_ENV) $(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) & lm=$$!; \
+	$(REG_ENV) $(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS); mlp=$$?; \
+	wait $$lm && test $$mlp -eq 0
+	$(PY) -m figures.regularization --profile $(PROFILE)
+
+convergence: setup  ## Theorem B.4 check: measured (1/T) sum |grad f|^2 vs the bound, CSV + figure
+	$(PY) -m experiments.convergence --profile $(PROFILE)
+	$(PY) -m figures.convergence --profile $(PROFILE)
+
+sweep: setup  ## run the hyperparameter sweep SWEEP=file.toml locally (finished runs skipped)
+	$(PY) -m experiments.sweep $(SWEEP)
+
+sweep-wandb: setup  ## write SWEEP's W&B sweep config to results/sweeps/<name>.yaml (then wandb sweep FILE)
+	mkdir -p results/sweeps
+	$(PY) -m experiments.sweep $(SWEEP) --wandb results/sweeps/$(notdir $(basename $(SWEEP))).yaml
+
 speedup: setup  ## time train-all / multirate / head-only steps (DEVICE=cpu|cuda) -> results/speedup/
 	mkdir -p results/speedup
 	$(PY) -m experiments.speedup --model resnet34 --image-size 32 --batch-size 128 --k 5 --steps 10 --repeats 5 --threads 1 --device $(DEVICE) --json results/speedup/resnet34-$(DEVICE).json
 	$(PY) -m experiments.speedup --model resnet50 --image-size 224 --batch-size 8 --k 5 --steps 5 --repeats 5 --threads 1 --device $(DEVICE) --json results/speedup/resnet50-$(DEVICE).json
 	$(PY) -m experiments.speedup --model distilbert --seq-len 128 --batch-size 8 --k 5 --steps 5 --repeats 4 --threads 1 --device $(DEVICE) --json results/speedup/distilbert-$(DEVICE).json
+
+slurm-transfer: setup  ## transfer runs as a Slurm job array, then the figure; PROFILE SEEDS SLURM
+	$(PY) -m experiments.slurm transfer --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
+
+slurm-patch: setup  ## patch runs as a Slurm job array, then the figure
+	$(PY) -m experiments.slurm patch --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
+
+slurm-regularization: setup  ## regularisation runs (MLP + LM) as a Slurm job array, then the figure
+	$(PY) -m experiments.slurm regularization --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
+
+test-slurm: setup  ## Slurm integration tests (start a cluster first, as root: .ci/slurm-up.sh)
+	$(PY) -m pytest -m slurm -rs tests/test_slurm.py
 
 clean:  ## remove the virtual environment and caches (results/ is kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 PROFILES = ("quick", "paper")
-OPTIMIZERS = ("sgd", "multirate")
+OPTIMIZERS = ("sgd", "multirate", "adamw", "multirate_adamw")  # multirate_*: the base algorithm
 PARTITIONS = ("layerwise", "random_subgroups")
 SCHEDULES = ("constant", "cosine", "multistep")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
@@ -35,6 +35,9 @@ WANDB_MODES = ("auto", "offline", "online", "disabled")
 # Fields that do not change what is computed, so they stay out of the run hash:
 # moving the results folder or switching W&B on must still find the same run.
 NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "rerun")
+# Fields added after runs were recorded: left out of the hash while at their default, so that
+# those runs keep their names (and are not trained again).
+HASHED_IF_CHANGED = ("nesterov", "betas", "eps")
 
 # Chosen by arguments (--profile/--method), never by a file or an override.
 _RESERVED = {"profile": "--profile", "method": "--method"}
@@ -56,7 +59,10 @@ class RunConfig:
     lr: float = 0.1  # for multirate: the slow step size h (fast steps use h/k)
     k: int = 1
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    nesterov: bool = False  # SGD bases ("sgd", "multirate")
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW bases
+    eps: float = 1e-8  # AdamW bases
+    weight_decay: float = 0.0  # coupled L2 for the SGD bases, decoupled for the AdamW bases
     linear_drift: bool = True
     train: list[str] = field(default_factory=lambda: ["all"])  # module-name prefixes
     fast: list[str] = field(default_factory=lambda: ["fc"])  # module-name prefixes
@@ -92,18 +98,24 @@ class RunConfig:
             ("lr", self.lr >= 0, ">= 0"),
             ("momentum", self.momentum >= 0, ">= 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("nesterov", not self.nesterov or self.momentum > 0, "false when momentum = 0"),
+            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+            ("eps", self.eps >= 0, ">= 0"),
+            ("partition", not (self.optimizer == "multirate_adamw" and self.partition == "random_subgroups"),
+             "'layerwise' with optimizer='multirate_adamw' (random subgroups need the SGD base)"),
             ("slow_fraction", 0 <= self.slow_fraction <= 1, "in [0, 1]"),
             ("gamma", self.gamma > 0, "> 0"),
             ("train", len(self.train) > 0, "a non-empty list"),
         ]
-        for key, ok, requirement in checks:
-            if not ok:
-                raise ValueError(f"invalid {key}={getattr(self, key)!r}: must be {requirement}")
+        require(self, checks)
 
     @property
     def run_name(self) -> str:
         """`{method}-seed{seed}-{hash8}`: a changed hyperparameter gives a new name."""
-        identity = {k: v for k, v in asdict(self).items() if k not in NOT_HASHED}
+        defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(self) if f.name in HASHED_IF_CHANGED}
+        identity = {k: v for k, v in asdict(self).items()
+                    if k not in NOT_HASHED and not (k in defaults and v == defaults[k])}
         blob = json.dumps(identity, sort_keys=True).encode()
         return f"{self.method}-seed{self.seed}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
@@ -111,6 +123,14 @@ class RunConfig:
     def run_dir(self) -> Path:
         """Folder shared by all runs of this experiment and profile."""
         return Path(self.results_dir) / self.profile / self.experiment
+
+
+def require(config, checks: list[tuple[str, bool, str]]) -> None:
+    """Raise ValueError for the first (key, ok, requirement) of `checks` that is not ok, naming the
+    key, its value and what it must be."""
+    for key, ok, requirement in checks:
+        if not ok:
+            raise ValueError(f"invalid {key}={getattr(config, key)!r}: must be {requirement}")
 
 
 C = TypeVar("C", bound=RunConfig)
@@ -229,7 +249,14 @@ def parse_cli(argv: list[str] | None = None) -> tuple[str, list[str] | None, lis
     parser.add_argument("--seeds", default=None, help="comma-separated integer seeds")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)
+    methods, seeds = run_selection(parser, args)
+    return args.profile, methods, seeds, list(args.overrides)
 
+
+def run_selection(parser: argparse.ArgumentParser, args: argparse.Namespace
+                  ) -> tuple[list[str] | None, list[int] | None]:
+    """`args.method` and `args.seeds` as lists (None when not given), after checking them and
+    `args.overrides`; a malformed value is a `parser.error`."""
     methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
     seeds = None
     if args.seeds is not None:
@@ -240,4 +267,4 @@ def parse_cli(argv: list[str] | None = None) -> tuple[str, list[str] | None, lis
     for item in args.overrides:
         if "=" not in item:
             parser.error(f"override {item!r} is not of the form key=value")
-    return args.profile, methods, seeds, list(args.overrides)
+    return methods, seeds

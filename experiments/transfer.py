@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 from experiments import runner
-from experiments.config import RunConfig
+from experiments.config import RunConfig, require
 from experiments.data import DownloadError, fetch_cifar, load_cifar, normalize
 from experiments.files import atomic_open
 
@@ -138,9 +138,7 @@ class TransferConfig(RunConfig):
             ("generator_version", self.generator_version == GENERATOR_VERSION,
              f"{GENERATOR_VERSION}, this code's version (older generated tasks cannot be rebuilt)"),
         ]
-        for key, ok, requirement in checks:
-            if not ok:
-                raise ValueError(f"invalid {key}={getattr(self, key)!r}: must be {requirement}")
+        require(self, checks)
 
 
 # ----------------------------------------------------------------------------- generated tasks

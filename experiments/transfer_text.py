@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from experiments import runner
-from experiments.config import RunConfig
+from experiments.config import RunConfig, require
 from experiments.data import DownloadError, data_root, fetch_sst2, load_sst2_tsv
 from experiments.files import atomic_open
 
@@ -105,9 +105,7 @@ class TextTransferConfig(RunConfig):
             ("pretrain_batch_size", self.pretrain_batch_size >= 1, ">= 1"),
             ("pretrain_lr", self.pretrain_lr >= 0, ">= 0"),
         ]
-        for key, ok, requirement in checks:
-            if not ok:
-                raise ValueError(f"invalid {key}={getattr(self, key)!r}: must be {requirement}")
+        require(self, checks)
 
 
 # ============================================================================ the generated language

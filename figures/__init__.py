@@ -1,1 +1,34 @@
-"""Plotting scripts: tidy CSVs under results/<profile>/ -> the paper's figures."""
+"""Plotting scripts: tidy CSVs under results/<profile>/ -> the paper's figures.
+
+Every script takes ``--profile quick|paper`` and ``--results-dir`` (`results_root`) and writes
+``results/<profile>/figures/<name>.{png,pdf}`` plus the table behind the figure as ``<name>.csv``
+(`save`).
+"""
+
+import argparse
+from pathlib import Path
+
+
+def results_root(description: str, argv=None) -> Path:
+    """Parse ``[--profile quick|paper] [--results-dir DIR]``; return ``DIR/<profile>``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", default="quick", choices=("quick", "paper"))
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args(argv)
+    return Path(args.results_dir) / args.profile
+
+
+def save(fig, table, root: Path, name: str) -> Path:
+    """Write ``root/figures/<name>.png`` and ``.pdf`` (then close the figure) and, unless `table` is
+    None, ``<name>.csv``; return the folder."""
+    import matplotlib.pyplot as plt
+
+    out = root / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix in ("png", "pdf"):
+        fig.savefig(out / f"{name}.{suffix}", dpi=150)
+    plt.close(fig)
+    if table is not None:
+        table.to_csv(out / f"{name}.csv", index=False)
+    print(f"wrote {out / name}.png, .pdf" + (" and .csv" if table is not None else ""))
+    return out

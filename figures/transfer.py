@@ -7,7 +7,6 @@ Writes results/<profile>/figures/transfer.{png,pdf} and prints (and saves as tra
 table behind the lower row: per model and method, the final accuracy and training time over seeds.
 """
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from experiments.runlog import read_results, read_runs  # noqa: E402
+from figures import results_root, save  # noqa: E402
 
 TITLES = {
     "resnet50": "ResNet-50 on CIFAR-100",
@@ -69,21 +69,11 @@ def plot(acc: pd.DataFrame, summary: pd.DataFrame, title_of=TITLES):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", choices=("quick", "paper"))
-    parser.add_argument("--results-dir", default="results")
-    args = parser.parse_args(argv)
-    root = Path(args.results_dir) / args.profile
+    root = results_root(__doc__.splitlines()[0], argv)
     acc = load(root / "transfer")
     summary = summarise(acc)
-    out = root / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    fig = plot(acc, summary)
-    for suffix in ("png", "pdf"):
-        fig.savefig(out / f"transfer.{suffix}", dpi=150)
-    summary.to_csv(out / "transfer.csv", index=False)
     print(summary.to_string(index=False, float_format="%.2f"))
-    print(f"wrote {out / 'transfer.png'}, .pdf and .csv")
+    save(plot(acc, summary), summary, root, "transfer")
 
 
 if __name__ == "__main__":

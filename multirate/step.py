@@ -20,10 +20,14 @@ class TrainStep:
     autograd to be switched on in time. The first step of each kind (slow, fast) runs without this
     pruning and records which parameters get gradients; later steps raise if one goes missing, so a
     model that breaks the rule fails loudly rather than training silently wrong.
+
+    ``reduce_grads``, if given, is called as ``reduce_grads(params)`` after the backward pass and
+    before ``optimizer.step()``, with the parameters whose gradients this step computed, e.g.
+    :class:`multirate.distributed.AllReduceGrads` to average them over data-parallel processes.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, reduce_grads=None):
+        self.model, self.optimizer, self.reduce_grads = model, optimizer, reduce_grads
         self.trained = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         self.fast = [p for g in optimizer.param_groups if g.get("rate", "fast") != "slow"
                      for p in g["params"] if p.requires_grad]
@@ -71,5 +75,7 @@ class TrainStep:
         elif not self._expected[kind] <= got:
             raise RuntimeError("a trained parameter got no gradient under forward pruning: it is used "
                                "outside the forward of the module that owns it")
+        if self.reduce_grads is not None:
+            self.reduce_grads([p for p in needed if p.grad is not None])
         self.optimizer.step()
         return loss.detach()

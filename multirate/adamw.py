@@ -1,0 +1,157 @@
+"""Multirate AdamW: the multirate cycle of :class:`multirate.Multirate` on top of AdamW."""
+
+from numbers import Integral
+
+import torch
+from torch.optim import Optimizer
+
+from multirate.optimizer import Multirate, _by_device_and_dtype, move
+
+
+class MultirateAdamW(Multirate):
+    r"""Multirate training with AdamW as the base algorithm, one ``step()`` per minibatch.
+
+    Param groups have a ``rate``, ``"fast"`` or ``"slow"`` (random subgroups need the SGD base).
+    The cycle is that of :class:`multirate.Multirate`: with slow step size :math:`h` (``lr``) and
+    cycle length :math:`k`, step :math:`t = 0, 1, \dots` is a slow step when :math:`t \bmod k = 0`.
+    Every parameter :math:`\theta` has its own moments :math:`m, v` (starting at 0) and its own
+    update counter :math:`n`. An *AdamW update* of :math:`\theta` with gradient :math:`g` is
+
+    .. math::
+        n &\leftarrow n + 1, \qquad
+        m \leftarrow \beta_1 m + (1 - \beta_1) g, \qquad
+        v \leftarrow \beta_2 v + (1 - \beta_2) g^2, \\
+        d &= \frac{m / (1 - \beta_1^n)}{\sqrt{v / (1 - \beta_2^n)} + \epsilon} + \lambda\theta
+
+    (elementwise; :math:`\lambda` is the decoupled weight decay). With :math:`g = \nabla L_t` the
+    gradient of minibatch :math:`t` at the current parameters:
+
+    .. math::
+        \text{fast, every step:}\quad
+            &\text{AdamW update with } g_F, \qquad \theta_F \leftarrow \theta_F - \tfrac{h}{k} d_F \\
+        \text{slow, slow steps only:}\quad
+            &\text{AdamW update with } g_S, \text{ giving the cycle's frozen direction } d_S \\
+        \text{slow, with linear drift, every step:}\quad
+            &\theta_S \leftarrow \theta_S - \tfrac{h}{k} d_S \\
+        \text{slow, without linear drift, slow steps only:}\quad
+            &\theta_S \leftarrow \theta_S - h\, d_S
+
+    So the fast parameters run AdamW with step size h/k, their moments and bias correction updated
+    on every step. The slow parameters' moments see one gradient per cycle (taken on the cycle's
+    first minibatch, as in :class:`Multirate`) and their counter :math:`n` counts cycles; over a
+    cycle they move :math:`h d_S`, one AdamW step of size h, with or without drift.
+
+    The decoupled weight decay is part of the frozen direction: :math:`\lambda\theta_S` is taken at
+    the slow step and drifts with the rest. Then a cycle moves the slow parameters by exactly one
+    AdamW step of size h, as the SGD base moves them by :math:`h p_S` with its coupled decay folded
+    into :math:`p_S`; decaying the drifting weights on every step instead would shrink them by
+    :math:`(1 - h\lambda/k)^k` rather than :math:`1 - h\lambda`. With ``k=1`` the iterates are those
+    of ``torch.optim.AdamW(lr, betas, eps, weight_decay)`` (amsgrad off) up to rounding: torch
+    writes the step as :math:`\theta(1 - h\lambda) - h\,\hat m/(\sqrt{\hat v} + \epsilon)`.
+
+    Args:
+        params: param groups, each a dict with ``"params"`` and ``"rate"``; any hyperparameter
+            below may be set per group.
+        lr: slow step size h; the fast step size is ``lr / k`` (LR schedulers scale both).
+        k: fast steps per slow step (a positive integer, the same for every group).
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1).
+        eps: :math:`\epsilon`, added to :math:`\sqrt{\hat v}`.
+        weight_decay: decoupled weight decay :math:`\lambda` (torch's AdamW default).
+        linear_drift: slow parameters move with their frozen direction on every step.
+        foreach: use the multi-tensor ``torch._foreach_*`` path (default) or a for-loop; both give
+            identical iterates.
+    """
+
+    def __init__(self, params, lr=1e-3, k=1, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 linear_drift=True, foreach=None):
+        defaults = dict(rate=None, lr=lr, k=k, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        linear_drift=linear_drift, foreach=foreach, step=0)
+        # Multirate.__init__ would set the SGD base's defaults; the cycle logic is all inherited.
+        Optimizer.__init__(self, params, defaults)
+        if not any(group["rate"] == "fast" for group in self.param_groups):
+            raise ValueError("MultirateAdamW needs a param group with rate 'fast'; "
+                             "with only slow parameters nothing would take fast steps")
+
+    def _check_group(self, group, index):
+        where = f"param group {index}"
+        if group["rate"] not in ("slow", "fast"):
+            raise ValueError(f"{where}: rate must be 'slow' or 'fast' (random subgroups need the SGD "
+                             f"base, Multirate), got {group['rate']!r}")
+        k = group["k"]
+        if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+            raise ValueError(f"{where}: k must be a positive integer, got {k!r}")
+        if not group["lr"] >= 0:
+            raise ValueError(f"{where}: lr must be non-negative, got {group['lr']!r}")
+        if len(group["betas"]) != 2 or not all(0 <= b < 1 for b in group["betas"]):
+            raise ValueError(f"{where}: betas must be two numbers in [0, 1), got {group['betas']!r}")
+        if not group["eps"] >= 0:
+            raise ValueError(f"{where}: eps must be non-negative, got {group['eps']!r}")
+        if not group["weight_decay"] >= 0:
+            raise ValueError(f"{where}: weight_decay must be non-negative, got {group['weight_decay']!r}")
+
+    def _layer_step(self, group, slow_step):
+        lr, k, foreach = group["lr"], group["k"], group["foreach"] is not False
+        fast = group["rate"] == "fast"
+        if fast or slow_step:
+            params = [p for p in group["params"] if p.grad is not None]
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if "exp_avg" not in state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            directions = adamw_directions(params, [p.grad for p in params], states, betas=group["betas"],
+                                          eps=group["eps"], weight_decay=group["weight_decay"],
+                                          foreach=foreach)
+            if not fast:
+                for state, d in zip(states, directions):
+                    state["direction"] = d
+        if fast:
+            move(params, directions, lr / k, foreach=foreach)
+        elif group["linear_drift"]:
+            drifting = [p for p in group["params"] if "direction" in self.state[p]]
+            move(drifting, [self.state[p]["direction"] for p in drifting], lr / k, foreach=foreach)
+        elif slow_step:
+            move(params, directions, lr, foreach=foreach)
+
+
+def adamw_directions(params, grads, states, *, betas, eps, weight_decay, foreach):
+    r"""AdamW updates of the moments (in ``states``, in place) and the directions
+    :math:`\hat m / (\sqrt{\hat v} + \epsilon) + \lambda\theta`, as new tensors."""
+    if not params:
+        return []
+    beta1, beta2 = betas
+    for state in states:
+        state["step"] += 1
+    if not foreach:
+        directions = []
+        for p, g, state in zip(params, grads, states):
+            m, v, n = state["exp_avg"], state["exp_avg_sq"], state["step"]
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / (1 - beta2**n) ** 0.5).add_(eps)
+            d = (m / (1 - beta1**n)).div_(denom)
+            if weight_decay != 0:
+                d.add_(p, alpha=weight_decay)
+            directions.append(d)
+        return directions
+
+    directions = [None] * len(params)
+    for indices in _by_device_and_dtype(params):
+        ps, gs = [params[i] for i in indices], [grads[i] for i in indices]
+        ms = [states[i]["exp_avg"] for i in indices]
+        vs = [states[i]["exp_avg_sq"] for i in indices]
+        ns = [states[i]["step"] for i in indices]
+        torch._foreach_lerp_(ms, gs, 1 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, [(1 - beta2**n) ** 0.5 for n in ns])
+        torch._foreach_add_(denom, eps)
+        ds = torch._foreach_div(ms, [1 - beta1**n for n in ns])
+        torch._foreach_div_(ds, denom)
+        if weight_decay != 0:
+            torch._foreach_add_(ds, ps, alpha=weight_decay)
+        for i, d in zip(indices, ds):
+            directions[i] = d
+    return directions

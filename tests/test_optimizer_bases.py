@@ -1,0 +1,345 @@
+"""Other base algorithms: MultirateAdamW, and Nesterov momentum for the SGD base."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from multirate import Multirate, MultirateAdamW, TrainStep, partition
+from tests.test_optimizer import quadratic_grads
+
+
+def small_net(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    return net.to(dtype)
+
+
+def batches(n=12, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 6, generator=g, dtype=dtype), torch.randint(0, 3, (8,), generator=g))
+            for _ in range(n)]
+
+
+def train(model, opt, data):
+    for x, y in data:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+# ----------------------------------------------------------------------------- k = 1: the base itself
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("drift", [True, False])
+def test_adamw_k1_equals_torch_adamw(foreach, drift):
+    net_a, net_b = small_net(), small_net()
+    ref = torch.optim.AdamW(net_a.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
+                            amsgrad=False, foreach=foreach)
+    # A slow group too: at k = 1 every step is a slow step and a slow group is AdamW as well.
+    mr = MultirateAdamW(partition.layerwise(net_b, ["4"]), lr=0.01, k=1, betas=(0.8, 0.99), eps=1e-6,
+                        weight_decay=0.1, linear_drift=drift, foreach=foreach)
+    for batch in batches():
+        train(net_a, ref, [batch])
+        train(net_b, mr, [batch])
+        for a, b in zip(net_a.parameters(), net_b.parameters()):
+            # torch applies the decay as theta * (1 - h lambda) first: equal up to rounding.
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    assert not torch.equal(net_a[0].weight, small_net()[0].weight)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("drift", [True, False])
+def test_nesterov_k1_equals_torch_sgd(foreach, drift):
+    net_a, net_b = small_net(), small_net()
+    sgd = torch.optim.SGD(net_a.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-3, nesterov=True,
+                          foreach=foreach)
+    mr = Multirate(partition.layerwise(net_b, ["4"]), lr=0.1, k=1, momentum=0.9, weight_decay=5e-3,
+                   nesterov=True, linear_drift=drift, foreach=foreach)
+    for batch in batches():
+        train(net_a, sgd, [batch])
+        train(net_b, mr, [batch])
+        for a, b in zip(net_a.parameters(), net_b.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_nesterov_random_subgroups_k1_equals_torch_sgd():
+    net_a, net_b = small_net(), small_net()
+    sgd = torch.optim.SGD(net_a.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-3, nesterov=True)
+    mr = Multirate(partition.random_subgroups(net_b, 0.5), lr=0.1, k=1, momentum=0.9, weight_decay=5e-3,
+                   nesterov=True)
+    train(net_a, sgd, batches())
+    train(net_b, mr, batches())
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- k > 1: the definition
+
+def adamw_reference(theta_s, theta_f, grad_fn, h, k, betas, eps, wd, cycles, drift):
+    """The docstring's definition in cycle form: slow moments once per cycle, direction frozen."""
+    b1, b2 = betas
+    m_s, v_s, m_f, v_f = (torch.zeros_like(theta_s) for _ in range(4))
+    t = 0
+
+    def adamw(m, v, g, n, theta):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        d = (m / (1 - b1**n)) / ((v / (1 - b2**n)).sqrt() + eps) + wd * theta
+        return m, v, d
+
+    for cycle in range(cycles):
+        g_s, _ = grad_fn(t, theta_s, theta_f)
+        m_s, v_s, d_s = adamw(m_s, v_s, g_s, cycle + 1, theta_s)
+        for i in range(k):
+            _, g_f = grad_fn(t, theta_s, theta_f)
+            m_f, v_f, d_f = adamw(m_f, v_f, g_f, t + 1, theta_f)
+            theta_f = theta_f - h / k * d_f
+            if drift:
+                theta_s = theta_s - h / k * d_s
+            elif i == 0:
+                theta_s = theta_s - h * d_s
+            t += 1
+    return theta_s, theta_f
+
+
+def nesterov_reference(theta_s, theta_f, grad_fn, h, k, mu, wd, cycles, drift):
+    """Algorithm 1 with Nesterov directions d + mu p, the slow one frozen for the cycle."""
+    p_s, p_f, t = torch.zeros_like(theta_s), torch.zeros_like(theta_f), 0
+    for _ in range(cycles):
+        g_s, _ = grad_fn(t, theta_s, theta_f)
+        d = g_s + wd * theta_s
+        p_s = mu * p_s + d
+        dir_s = d + mu * p_s
+        for i in range(k):
+            _, g_f = grad_fn(t, theta_s, theta_f)
+            d = g_f + wd * theta_f
+            p_f = mu * p_f + d
+            theta_f = theta_f - h / k * (d + mu * p_f)
+            if drift:
+                theta_s = theta_s - h / k * dir_s
+            elif i == 0:
+                theta_s = theta_s - h * dir_s
+            t += 1
+    return theta_s, theta_f
+
+
+def run_scalar_pair(opt_cls, grad_fn, k, steps, **kwargs):
+    s0, f0 = torch.linspace(-1, 1, 5, dtype=torch.float64), torch.linspace(2, 0, 5, dtype=torch.float64)
+    slow, fast = nn.Parameter(s0.clone()), nn.Parameter(f0.clone())
+    opt = opt_cls([{"params": [slow], "rate": "slow"}, {"params": [fast], "rate": "fast"}], k=k, **kwargs)
+    for t in range(steps):
+        slow.grad, fast.grad = grad_fn(t, slow.detach(), fast.detach())
+        opt.step()
+    return (s0, f0), (slow.detach(), fast.detach())
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("drift", [True, False])
+def test_adamw_matches_definition(k, drift, foreach):
+    grad_fn = quadratic_grads(seed=k)
+    (s0, f0), (s, f) = run_scalar_pair(MultirateAdamW, grad_fn, k, 4 * k, lr=0.05, betas=(0.9, 0.99),
+                                       eps=1e-8, weight_decay=0.1, linear_drift=drift, foreach=foreach)
+    ref_s, ref_f = adamw_reference(s0, f0, grad_fn, h=0.05, k=k, betas=(0.9, 0.99), eps=1e-8, wd=0.1,
+                                   cycles=4, drift=drift)
+    torch.testing.assert_close(s, ref_s, rtol=0, atol=1e-12)
+    torch.testing.assert_close(f, ref_f, rtol=0, atol=1e-12)
+    assert not torch.allclose(s, s0)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("drift", [True, False])
+def test_nesterov_matches_definition(k, drift, foreach):
+    grad_fn = quadratic_grads(seed=10 + k)
+    (s0, f0), (s, f) = run_scalar_pair(Multirate, grad_fn, k, 4 * k, lr=0.3, momentum=0.9,
+                                       weight_decay=0.01, nesterov=True, linear_drift=drift,
+                                       foreach=foreach)
+    ref_s, ref_f = nesterov_reference(s0, f0, grad_fn, h=0.3, k=k, mu=0.9, wd=0.01, cycles=4, drift=drift)
+    torch.testing.assert_close(s, ref_s, rtol=0, atol=1e-12)
+    torch.testing.assert_close(f, ref_f, rtol=0, atol=1e-12)
+
+
+def test_adamw_slow_moves_one_adamw_step_per_cycle():
+    """Slow scalar at 1, gradients 1 then ignored: with bias correction m_hat = v_hat = 1, so
+    d_S = 1 / (1 + eps) + wd * 1 and the cycle moves it by h * d_S, spread evenly with drift."""
+    slow = nn.Parameter(torch.ones(1, dtype=torch.float64))
+    fast = nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = MultirateAdamW([{"params": [slow], "rate": "slow"}, {"params": [fast], "rate": "fast"}],
+                         lr=0.3, k=3, eps=0.5, weight_decay=0.2)
+    path = []
+    for g in [1.0, 100.0, 100.0]:
+        slow.grad = torch.tensor([g], dtype=torch.float64)
+        fast.grad = torch.zeros(1, dtype=torch.float64)
+        opt.step()
+        path.append(slow.item())
+    d_s = 1 / 1.5 + 0.2
+    assert path == pytest.approx([1 - 0.1 * d_s, 1 - 0.2 * d_s, 1 - 0.3 * d_s], abs=1e-15)
+    assert opt.state[slow]["step"] == 1 and opt.state[fast]["step"] == 3
+
+
+# ----------------------------------------------------------------------------- implementation paths
+
+@pytest.mark.parametrize("opt_cls,kwargs", [
+    (MultirateAdamW, dict(lr=0.01, weight_decay=0.1)),
+    (Multirate, dict(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)),
+])
+def test_foreach_equals_for_loop(opt_cls, kwargs):
+    nets = [small_net(dtype=torch.float32), small_net(dtype=torch.float32)]
+    opts = [opt_cls(partition.layerwise(net, ["2", "4"]), k=3, foreach=foreach, **kwargs)
+            for net, foreach in zip(nets, [True, False])]
+    for net, opt in zip(nets, opts):
+        train(net, opt, batches(dtype=torch.float32))
+    for a, b in zip(*(net.parameters() for net in nets)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("opt_cls,kwargs", [
+    (MultirateAdamW, dict(lr=0.01, weight_decay=0.1)),
+    (MultirateAdamW, dict(lr=0.01, weight_decay=0.1, linear_drift=False)),
+    (Multirate, dict(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)),
+])
+@pytest.mark.parametrize("steps_before_save", [4, 5, 6])
+def test_state_dict_lockstep(opt_cls, kwargs, steps_before_save):
+    """Train, save mid-cycle, load into a fresh copy, then step both and compare at every step."""
+    data = batches(n=20)
+    net = small_net()
+    opt = opt_cls(partition.layerwise(net, ["4"]), k=3, **kwargs)
+    train(net, opt, data[:steps_before_save])
+
+    net2 = small_net(seed=1)
+    net2.load_state_dict(copy.deepcopy(net.state_dict()))
+    opt2 = opt_cls(partition.layerwise(net2, ["4"]), k=3, **kwargs)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert opt2.is_slow_step == opt.is_slow_step
+    for batch in data[steps_before_save:]:
+        train(net, opt, [batch])
+        train(net2, opt2, [batch])
+        for a, b in zip(net.parameters(), net2.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_train_step_saves_compute_with_adamw():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU()),
+                            nn.Linear(16, 4)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [MultirateAdamW(partition.layerwise(m, ["1"]), lr=0.01, k=3) for m in models]
+    step = TrainStep(models[0], opts[0])
+    slow_grads = []
+    for x, y in batches(n=6, dtype=torch.float32):
+        step(lambda: F.cross_entropy(models[0](x), y))
+        slow_grads.append(all(p.grad is not None for p in models[0][0].parameters()))
+        train(models[1], opts[1], [(x, y)])  # full backward every step: the same iterates
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            assert torch.equal(a, b)
+    assert slow_grads == [True, False, False, True, False, False]
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: MultirateAdamW([{"params": [p], "rate": "random"}]), "random subgroups need the SGD"),
+    (lambda p: MultirateAdamW([{"params": [p], "rate": "slow"}]), "needs a param group with rate 'fast'"),
+    (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], betas=(0.9, 1.0)), "betas"),
+    (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], eps=-1.0), "eps"),
+    (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], k=0), "k must be a positive integer"),
+    (lambda p: Multirate([{"params": [p], "rate": "fast"}], nesterov=True), "nesterov needs momentum"),
+])
+def test_bad_hyperparameters(make, message):
+    with pytest.raises(ValueError, match=message):
+        make(nn.Parameter(torch.ones(2)))
+
+
+# ----------------------------------------------------------------------------- runner config
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.fc = nn.Linear(4, 8), nn.Linear(8, 2)
+
+
+@pytest.mark.parametrize("optimizer,kwargs,cls", [
+    ("sgd", dict(nesterov=True), torch.optim.SGD),
+    ("adamw", dict(betas=[0.8, 0.99], eps=1e-6), torch.optim.AdamW),
+    ("multirate", dict(nesterov=True, k=3), Multirate),
+    ("multirate_adamw", dict(betas=[0.8, 0.99], eps=1e-6, k=3, linear_drift=False), MultirateAdamW),
+])
+def test_build_optimizer_from_config(optimizer, kwargs, cls):
+    from experiments.config import RunConfig
+    from experiments.runner import build_optimizer
+
+    cfg = RunConfig(optimizer=optimizer, lr=0.01, weight_decay=0.1, **kwargs)
+    opt = build_optimizer(cfg, Head())
+    assert type(opt) is cls
+    group = opt.param_groups[-1]
+    assert group["lr"] == 0.01 and group["weight_decay"] == 0.1
+    for key in kwargs:
+        expected = tuple(kwargs[key]) if key == "betas" else kwargs[key]
+        assert group[key] == expected, key
+
+
+def test_new_config_fields_keep_old_run_names():
+    import dataclasses
+    import hashlib
+    import json
+
+    from experiments.config import NOT_HASHED, RunConfig
+
+    cfg = RunConfig(optimizer="multirate", k=5, lr=0.05)
+    # The name as computed before nesterov/betas/eps existed.
+    old = {k: v for k, v in dataclasses.asdict(cfg).items()
+           if k not in (*NOT_HASHED, "nesterov", "betas", "eps")}
+    digest = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:8]
+    assert cfg.run_name == f"train_all-seed0-{digest}"
+    changed = [dict(nesterov=True), dict(betas=[0.9, 0.99]), dict(eps=1e-6)]
+    names = {cfg.run_name, *(dataclasses.replace(cfg, **c).run_name for c in changed)}
+    assert len(names) == 4
+
+
+@pytest.mark.parametrize("kwargs,key", [
+    (dict(nesterov=True, momentum=0.0), "nesterov"),
+    (dict(betas=[0.9]), "betas"),
+    (dict(betas=[0.9, 1.0]), "betas"),
+    (dict(eps=-1.0), "eps"),
+    (dict(optimizer="multirate_adamw", partition="random_subgroups"), "partition"),
+    (dict(optimizer="adam"), "optimizer"),
+])
+def test_bad_config_values(kwargs, key):
+    from experiments.config import RunConfig
+
+    with pytest.raises(ValueError, match=f"invalid {key}="):
+        RunConfig(**kwargs)
+
+
+@pytest.mark.parametrize("opt", [
+    dict(optimizer="adamw", lr=0.01, weight_decay=0.01),
+    dict(optimizer="multirate_adamw", lr=0.01, k=3, fast=["fc"], weight_decay=0.01),
+    dict(optimizer="multirate", k=3, fast=["fc"], nesterov=True),
+], ids=["adamw", "multirate_adamw", "multirate_nesterov"])
+def test_runner_learns_and_resumes_bit_for_bit(tmp_path, opt):
+    from experiments.runner import run
+    from tests.test_runner import Blobs, make_cfg
+
+    straight = run(make_cfg(tmp_path / "a", **opt), Blobs())
+    metric = {(r["epoch"], r["metric"]): r["value"] for r in straight["rows"]}
+    assert metric[4, "accuracy"] > 0.8  # chance is 0.25
+    cfg = make_cfg(tmp_path / "b", **opt)
+    assert run(cfg, Blobs(), stop_at_step=11)["status"] == "interrupted"  # mid-cycle
+    resumed = run(cfg, Blobs())
+    for name, value in straight["model"].state_dict().items():
+        assert torch.equal(resumed["model"].state_dict()[name], value), name
+
+
+def test_checkpoint_from_before_nesterov_loads():
+    net = small_net()
+    opt = Multirate(partition.layerwise(net, ["4"]), lr=0.1, k=3, momentum=0.9)
+    train(net, opt, batches(n=2))
+    old = copy.deepcopy(opt.state_dict())
+    for group in old["param_groups"]:
+        del group["nesterov"]
+    opt2 = Multirate(partition.layerwise(net, ["4"]), lr=0.1, k=3, momentum=0.9)
+    opt2.load_state_dict(old)
+    assert all(group["nesterov"] is False for group in opt2.param_groups)
+    train(net, opt2, batches(n=2))

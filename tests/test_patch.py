@@ -1,0 +1,212 @@
+"""Patch-augmented data (Li, Wei & Ma 2019), the WideResNet-16 and the patch experiment end to end."""
+
+import math
+
+import pytest
+import torch
+
+from experiments.config import list_methods, load_config
+from experiments.patch import (
+    CLEAN,
+    GENERATED_CLASSES,
+    PATCH_ONLY,
+    PATCHED,
+    TOML,
+    PatchConfig,
+    PatchTask,
+    WideResNet,
+    apply_patches,
+    assign_kinds,
+    generated_images,
+    make_patches,
+)
+from experiments.runner import run
+from figures import patch as patch_figure
+from tests.test_data import make_cifar10
+
+TINY = ["widen_factor=1", "gen_train=64", "gen_test=32", "patch_only_test=20", "batch_size=32", "epochs=2",
+        "eval_batch_size=16", "wandb=disabled", "device=cpu"]
+
+
+def patches(seed=0, classes=10, image_size=32):
+    return make_patches(classes, image_size, 7, 1.25, 0.1, torch.Generator().manual_seed(seed))
+
+
+def quick_cfg(tmp_path, method="small_lr", *overrides):
+    return load_config(PatchConfig, TOML, "quick", method, [f"results_dir={tmp_path / 'results'}", *TINY,
+                                                           *overrides])
+
+
+# ----------------------------------------------------------------------------- the patch construction
+
+def test_kinds_are_20_64_16_percent():
+    n = 200_000
+    kinds = assign_kinds(n, 0.8, 0.2, torch.Generator().manual_seed(0))
+    for kind, p in ((CLEAN, 0.2), (PATCHED, 0.64), (PATCH_ONLY, 0.16)):
+        share = (kinds == kind).float().mean().item()
+        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / n)  # four standard errors
+    assert torch.equal(kinds, assign_kinds(n, 0.8, 0.2, torch.Generator().manual_seed(0)))
+
+
+def test_patterns_are_determined_by_the_seed():
+    a, b, c = patches(0), patches(0), patches(1)
+    assert torch.equal(a.z, b.z) and torch.equal(a.zeta, b.zeta)
+    assert not torch.equal(a.z, c.z) and not torch.equal(a.zeta, c.zeta)
+    assert a.z.shape == (3, 7, 7) and a.zeta.shape == (10, 3, 7, 7)
+    assert a.zeta.abs().max() <= 0.1 and a.zeta.abs().max() > 0.09  # U[-0.1, 0.1]
+    assert a.z.std().item() == pytest.approx(1.25, rel=0.25)  # 147 draws of 1.25 N(0, 1)
+    # Every class has its own pattern.
+    flat = a.zeta.flatten(1)
+    assert torch.cdist(flat, flat).add(torch.eye(10)).min() > 0.1
+
+
+def test_patch_location_and_size():
+    p = patches()
+    assert p.top == 12 and p.size == 7  # rows and columns 12-18 of 32
+    images = torch.randn(8, 3, 32, 32)
+    labels = torch.arange(8)
+    out = apply_patches(images, labels, torch.full((8,), PATCHED), p, 1.75, torch.Generator().manual_seed(0))
+    changed = (out != images).any(dim=(0, 1))
+    rows, cols = changed.nonzero().unbind(1)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 18, 12, 18)
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[12:19, 12:19] = True
+    assert torch.equal(out[:, :, ~inside], images[:, :, ~inside])  # the rest is the image
+    assert not torch.equal(images, out) and images.data_ptr() != out.data_ptr()
+
+
+def test_patched_images_carry_z_plus_or_minus_their_class_pattern():
+    p = patches()
+    n = 400
+    labels = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(1))
+    out = apply_patches(torch.zeros(n, 3, 32, 32), labels, torch.full((n,), PATCHED), p, 1.75,
+                        torch.Generator().manual_seed(2))
+    delta = out[:, :, 12:19, 12:19] - p.z
+    plus = (delta - p.zeta[labels]).abs().amax(dim=(1, 2, 3)) < 1e-6
+    minus = (delta + p.zeta[labels]).abs().amax(dim=(1, 2, 3)) < 1e-6
+    assert torch.all(plus ^ minus)
+    assert 0.4 < plus.float().mean() < 0.6
+
+
+def test_sign_is_redrawn_on_every_access():
+    p = patches()
+    image, label, kind = torch.zeros(1, 3, 32, 32), torch.tensor([3]), torch.tensor([PATCHED])
+    g = torch.Generator().manual_seed(0)
+    signs = []
+    for _ in range(64):
+        delta = apply_patches(image, label, kind, p, 1.75, g)[0, :, 12:19, 12:19] - p.z
+        signs.append(round((delta * p.zeta[3]).sum().sign().item()))
+    assert set(signs) == {-1, 1}
+    assert 16 < signs.count(1) < 48
+
+
+def test_patch_only_images_are_zero_outside_the_patch():
+    p = patches()
+    n = 300
+    labels = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(1))
+    images = torch.randn(n, 3, 32, 32)
+    out = apply_patches(images, labels, torch.full((n,), PATCH_ONLY), p, 1.75,
+                        torch.Generator().manual_seed(2))
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[12:19, 12:19] = False
+    assert torch.all(out[:, :, outside] == 0)
+    # patch = z + s * 1.75 * u * zeta_y: a multiple c of zeta_y with |c| <= 1.75, spread over the range.
+    delta = (out[:, :, 12:19, 12:19] - p.z).flatten(1)
+    zeta = p.zeta[labels].flatten(1)
+    c = (delta * zeta).sum(1) / (zeta * zeta).sum(1)
+    torch.testing.assert_close(delta, c.unsqueeze(1) * zeta, atol=1e-6, rtol=0)
+    assert c.abs().max() <= 1.75 + 1e-6 and c.min() < -1.2 and c.max() > 1.2
+
+
+def test_clean_images_are_untouched_and_draws_do_not_depend_on_kinds():
+    p = patches()
+    images = torch.randn(6, 3, 32, 32)
+    labels = torch.arange(6)
+    kinds = torch.tensor([CLEAN, PATCHED, PATCH_ONLY, CLEAN, PATCHED, PATCH_ONLY])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    out = apply_patches(images, labels, kinds, p, 1.75, g1)
+    assert torch.equal(out[kinds == CLEAN], images[kinds == CLEAN])
+    apply_patches(images, labels, torch.full((6,), CLEAN), p, 1.75, g2)
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_patch_is_centred_on_other_image_sizes():
+    assert patches(image_size=16).top == 4  # rows 4-10 of 16
+
+
+# ----------------------------------------------------------------------------- data, model
+
+def test_generated_images_are_deterministic_and_use_every_class():
+    x, y = generated_images(200, 3, 16)
+    x2, y2 = generated_images(200, 3, 16)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert x.dtype == torch.uint8 and x.shape == (200, 3, 16, 16)
+    assert set(y.tolist()) == set(range(GENERATED_CLASSES))
+    assert not torch.equal(generated_images(200, 4, 16)[0], x)
+
+
+def test_wrn_16_10_has_the_standard_size_and_names():
+    model = WideResNet(10, 16, 10)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(17.1e6, rel=0.01)
+    assert [name for name, _ in model.named_children()] == ["conv1", "block1", "block2", "block3", "bn", "fc"]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="6n"):
+        WideResNet(10, 15, 1)
+
+
+def test_evaluation_sets_are_fixed_by_the_patch_seed(tmp_path):
+    cfg = quick_cfg(tmp_path)
+    a, b = PatchTask(cfg).data(), PatchTask(cfg).data()
+    for name in ("clean", "patched", "patch_only"):
+        assert torch.equal(a["eval"][name][0], b["eval"][name][0])
+    only, labels = a["eval"]["patch_only"]
+    assert only.shape == (20, 3, 16, 16) and labels.shape == (20,)
+    other = PatchTask(quick_cfg(tmp_path, "small_lr", "patch_seed=1")).data()
+    assert not torch.equal(a["eval"]["patched"][0], other["eval"]["patched"][0])
+    assert not torch.equal(a["kinds"], other["kinds"]) or len(a["kinds"]) < 8
+
+
+def test_config_rejects_impossible_values(tmp_path):
+    with pytest.raises(ValueError, match="patch_size"):
+        quick_cfg(tmp_path, "small_lr", "patch_size=17")
+    with pytest.raises(ValueError, match="patch_prob"):
+        quick_cfg(tmp_path, "small_lr", "patch_prob=1.5")
+    with pytest.raises(ValueError, match="dataset"):
+        quick_cfg(tmp_path, "small_lr", "dataset=mnist")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_every_method_runs_and_logs_the_three_accuracies(tmp_path):
+    methods = list_methods(TOML)
+    assert {"small_lr", "large_lr", "multirate"} <= set(methods)
+    for method in methods:
+        cfg = quick_cfg(tmp_path, method)
+        result = run(cfg, PatchTask(cfg))
+        assert result["status"] == "complete"
+        metrics = {r["metric"] for r in result["rows"] if r["epoch"] == 2}
+        assert {"train_loss", "clean_accuracy", "patched_accuracy", "patch_only_accuracy"} <= metrics
+    patch_figure.main(["--results-dir", str(tmp_path / "results")])
+    out = tmp_path / "results" / "quick" / "figures"
+    assert (out / "patch.png").stat().st_size > 10_000 and (out / "patch.pdf").exists()
+
+
+def test_multirate_uses_the_configured_step_sizes(tmp_path):
+    cfg = quick_cfg(tmp_path, "multirate")
+    assert (cfg.optimizer, cfg.lr, cfg.k) == ("multirate", 0.1, 25)
+    assert cfg.lr / cfg.k == pytest.approx(load_config(PatchConfig, TOML, "quick", "small_lr").lr)
+    assert load_config(PatchConfig, TOML, "quick", "large_lr").lr == 0.1
+
+
+def test_paper_profile_reads_cifar10(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTIRATE_DATA", str(tmp_path / "data"))
+    make_cifar10(tmp_path / "data", n=8)
+    cfg = load_config(PatchConfig, TOML, "paper", "multirate",
+                      [f"results_dir={tmp_path / 'results'}", "widen_factor=1", "batch_size=8", "epochs=1",
+                       "patch_only_test=10", "eval_batch_size=8", "wandb=disabled", "device=cpu"])
+    assert (cfg.dataset, cfg.epochs, cfg.batch_size) == ("cifar10", 1, 8)
+    task = PatchTask(cfg)
+    data = task.data()
+    assert data["x"].shape == (40, 3, 32, 32) and data["patches"].top == 12
+    result = run(cfg, task)
+    assert result["status"] == "complete"
