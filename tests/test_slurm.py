@@ -137,8 +137,6 @@ def test_array_job_on_a_real_cluster(cluster, tmp_path):
 def test_preempted_task_requeues_and_ends_on_the_same_bits(cluster, tmp_path):
     import torch
 
-    from experiments import transfer
-
     longer = [*TINY[1:], "epochs=8", "target_train=3072"]  # 48 minibatches an epoch, a few seconds in all
     (array_job, figure_job) = slurm.main(["transfer", "--seeds", "0", "--method", "multirate",
                                           f"results_dir={tmp_path / 'slurm'}", *longer])
@@ -160,13 +158,16 @@ def test_preempted_task_requeues_and_ends_on_the_same_bits(cluster, tmp_path):
     text = log.read_text()
     assert "signal caught, checkpointed at step" in text and text.count("complete") == 1, text
 
-    # The same run, never interrupted, in this process.
-    straight = transfer.main(["--method", "multirate", "--seeds", "0", f"results_dir={tmp_path / 'here'}",
-                              *longer])
+    # The same run, never interrupted, with the Slurm task's thread count (OMP_NUM_THREADS from
+    # --cpus-per-task=1): another count sums in another order and gives other bits.
+    subprocess.run([sys.executable, "-m", "experiments.transfer", "--method", "multirate", "--seeds", "0",
+                    f"results_dir={tmp_path / 'here'}", *longer], cwd=ROOT, check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     (got,) = read_results(tmp_path / "slurm" / "quick" / "transfer").groupby("run")
     expected = read_results(tmp_path / "here" / "quick" / "transfer")
     assert got[1]["value"].tolist() == expected["value"].tolist()
     (ckpt,) = checkpoints.glob("*.pt")
+    (straight,) = (tmp_path / "here" / "quick" / "transfer" / "checkpoints").glob("*.pt")
     weights = torch.load(ckpt, weights_only=False)["model"]
-    for name, value in straight[0]["model"].state_dict().items():
+    for name, value in torch.load(straight, weights_only=False)["model"].items():
         assert torch.equal(weights[name], value), name
