@@ -11,13 +11,15 @@ SLURM ?=# options for experiments.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08
 ifeq ($(PROFILE),paper)
 TRANSFER_RESNETS := resnet50 resnet34
 REG_ENV :=
+ABL_ENV :=
 else
 TRANSFER_RESNETS := small_resnet
 REG_ENV := OMP_NUM_THREADS=1# quick profile: two processes side by side, one core each
+ABL_ENV := OMP_NUM_THREADS=1
 endif
 
 .PHONY: help setup test test-all lint clean fig-transfer fig-patch fig-regularization speedup
-.PHONY: convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
+.PHONY: ablations report convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -57,6 +59,15 @@ fig-regularization: setup  ## random subgroups vs SGD and dropout (transformer L
 	$(REG_ENV) $(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS); mlp=$$?; \
 	wait $$lm && test $$mlp -eq 0
 	$(PY) -m figures.regularization --profile $(PROFILE)
+
+ablations: setup  ## ablation grids (k, drift, fast part, random subgroups) and their figures; PROFILE
+	$(ABL_ENV) $(PY) -m experiments.ablations --profile $(PROFILE) --only k,fast & a=$$!; \
+	$(ABL_ENV) $(PY) -m experiments.ablations --profile $(PROFILE) --only subgroups,drift; b=$$?; \
+	wait $$a && test $$b -eq 0
+	$(PY) -m figures.ablations --profile $(PROFILE)
+
+report: setup  ## results/<profile>/REPORT.md (paper vs ours, every figure) for each profile with results
+	$(PY) -m experiments.report
 
 convergence: setup  ## Theorem B.4 check: measured (1/T) sum |grad f|^2 vs the bound, CSV + figure
 	$(PY) -m experiments.convergence --profile $(PROFILE)

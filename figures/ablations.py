@@ -144,9 +144,12 @@ def plot(table: pd.DataFrame, name: str):
                 ax.barh(part.label, part.time_s, xerr=part.time_s_sd.fillna(0), capsize=3, color="grey")
                 ax.set(xlabel="training time (s)")
             else:
-                ax.barh(part.label, part.value, xerr=part.value_sd.fillna(0), capsize=3)
-                low = part.value.min() - 3 * max(part.value_sd.fillna(0).max(), 1)
-                ax.set(xlabel=f"final {metric}", xlim=(max(low, 0), None) if "accuracy" in metric else None)
+                bars = ax.barh(part.label, part.value, xerr=part.value_sd.fillna(0), capsize=3)
+                ax.bar_label(bars, fmt="%.2f", label_type="center", color="white", fontsize=8)
+                # Zoomed in on the values: the bars' lengths are not proportional to accuracy.
+                pad = 3 * max(part.value_sd.fillna(0).max(), 1)
+                limits = (max(part.value.min() - pad, 0), min(part.value.max() + pad, 100))
+                ax.set(xlabel=f"final {metric}", xlim=limits if "accuracy" in metric else None)
             ax.invert_yaxis()
             ax.grid(alpha=0.3, axis="x")
     fig.suptitle(f"ablation: {name}")

@@ -1,0 +1,138 @@
+"""Ablation grids (experiments.ablations) and their figure (figures.ablations)."""
+
+import pandas as pd
+import pytest
+
+from experiments import ablations
+from experiments.ablations import ABLATIONS, Variant, ablation_results_dir, run_ablation, variant_config
+from experiments.runlog import RunLog
+from figures import ablations as figure
+from tests.test_transfer import TINY
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("MULTIRATE_DATA", str(tmp_path / "data"))
+
+
+def configs(name, tmp_path, profile="quick", seed=0):
+    return {v.label: variant_config(v, profile, seed, tmp_path, name) for v in ABLATIONS[name]}
+
+
+def test_k_grid_is_as_configured(tmp_path):
+    cfgs = configs("k", tmp_path)
+    for base, multirate, lr in (("SGD", "multirate", 0.1), ("AdamW", "multirate_adamw", ablations.ADAMW_LR)):
+        assert [cfgs[f"{base} k={k}"].k for k in (1, 2, 5, 10, 25)] == [1, 2, 5, 10, 25]
+        assert all(cfgs[f"{base} k={k}"].optimizer == multirate and cfgs[f"{base} k={k}"].lr == lr
+                   and cfgs[f"{base} k={k}"].linear_drift and cfgs[f"{base} k={k}"].fast == ["fc"]
+                   for k in (1, 2, 5, 10, 25))
+        reference = cfgs[f"{base} train-all"]
+        assert reference.optimizer == multirate.replace("multirate_", "").replace("multirate", "sgd")
+        assert reference.lr == lr and reference.train == ["all"]
+    assert len(cfgs) == 12
+
+
+def test_drift_pairs_differ_only_in_drift(tmp_path):
+    cfgs = configs("drift", tmp_path)
+    for setting, k in (("transfer SGD", 5), ("transfer AdamW", 5), ("patch", 25)):
+        on, off = cfgs[f"{setting} drift"], cfgs[f"{setting} no drift"]
+        assert on.linear_drift and not off.linear_drift and on.k == off.k == k
+        assert {**vars(on), "linear_drift": None} == {**vars(off), "linear_drift": None}
+    assert cfgs["patch drift"].experiment == "patch" and cfgs["patch drift"].lr == 0.1
+
+
+def test_fast_parts_and_subgroups(tmp_path):
+    fast = configs("fast", tmp_path)
+    assert [c.fast for c in fast.values()] == [["fc"], ["layer4", "fc"], ["layer3", "layer4", "fc"]]
+    assert {c.k for c in fast.values()} == {5}
+    groups = [c for c in configs("subgroups", tmp_path).values() if c.optimizer == "multirate"]
+    assert all(c.partition == "random_subgroups" for c in groups)
+    # The fast step h/k is SGD's 0.01 whatever k is.
+    assert all(c.lr / c.k == pytest.approx(0.01) for c in groups)
+    assert sorted({c.slow_fraction for c in groups if c.k == 2}) == [0.1, 0.2, 0.4, 0.6]
+    assert sorted({c.k for c in groups if c.slow_fraction == 0.2}) == [1, 2, 5, 10]
+
+
+def test_runs_go_to_the_ablation_folder(tmp_path):
+    variant = next(v for v in ABLATIONS["k"] if v.label == "SGD k=5")
+    argv = ablations.argv(variant, "paper", [0, 1, 2], tmp_path, "k")
+    assert argv[:6] == ["--profile", "paper", "--method", "multirate", "--seeds", "0,1,2"]
+    assert f"results_dir={tmp_path / 'ablations' / 'k'}" in argv
+    run_dir = variant_config(variant, "paper", 1, tmp_path, "k").run_dir
+    assert run_dir == tmp_path / "ablations" / "k" / "paper" / "transfer"
+
+
+def test_tiny_ablation_run_lands_in_its_folder_and_is_not_repeated(tmp_path, monkeypatch):
+    monkeypatch.setitem(ABLATIONS, "tiny", [Variant("k=2", "transfer", "multirate", ("k=2", *TINY))])
+    results = run_ablation("tiny", "quick", [0], tmp_path)
+    assert [(r["status"], r["label"]) for r in results] == [("complete", "k=2")]
+    folder = ablation_results_dir(tmp_path, "tiny") / "quick" / "transfer"
+    assert [p.name for p in folder.glob("*.csv")] == [f"{results[0]['run_name']}.csv"]
+    assert not (tmp_path / "quick").exists()  # nothing in the figures' experiment folders
+    assert [r["model"] for r in run_ablation("tiny", "quick", [0], tmp_path)] == [None]  # skipped
+    final = figure.final_rows("tiny", tmp_path, "quick")
+    assert list(final.k) == [2] and list(final.metric) == ["test_accuracy"]
+
+
+def test_pretrained_network_is_shared_between_ablations(tmp_path, monkeypatch):
+    variant = Variant("k=2", "transfer", "multirate", ("k=2", *TINY))
+    monkeypatch.setitem(ABLATIONS, "one", [variant])
+    monkeypatch.setitem(ABLATIONS, "two", [variant])
+    run_ablation("one", "quick", [0], tmp_path)
+    calls = []
+    monkeypatch.setattr("experiments.transfer._pretrain", lambda *a: calls.append(a))
+    run_ablation("two", "quick", [0], tmp_path)
+    assert calls == []  # copied from ablation "one", not pretrained again
+
+
+def log(cfg, accuracy, seconds, status="complete", metric="test_accuracy"):
+    run = RunLog(cfg)
+    run.start("cpu")
+    run.log(1, 10, seconds / 2, {metric: accuracy - 5})
+    run.log(2, 20, seconds, {metric: accuracy})
+    run.finish(status)
+
+
+def test_k_figure_and_table_from_synthetic_logs(tmp_path):
+    cfgs = configs("k", tmp_path)
+    log(cfgs["SGD train-all"], 80.0, 100.0)
+    log(cfgs["SGD k=5"], 79.0, 50.0)
+    log(configs("k", tmp_path, seed=1)["SGD k=5"], 78.0, 40.0)
+    log(cfgs["SGD k=10"], 70.0, 10.0, status="running")  # unfinished: left out
+    log(cfgs["AdamW train-all"], 90.0, 120.0)
+    log(cfgs["AdamW k=2"], 91.5, 80.0)
+    # The same run in the main experiment folder is not an ablation run.
+    main_cfg = variant_config(ABLATIONS["k"][0], "quick", 0, tmp_path, "k")
+    main_cfg.results_dir = str(tmp_path)
+    log(main_cfg, 10.0, 1.0)
+    assert figure.main(["--results-dir", str(tmp_path), "--profile", "quick"]) == ["k"]
+
+    out = tmp_path / "quick" / "figures"
+    assert (out / "ablation_k.png").stat().st_size > 10_000 and (out / "ablation_k.pdf").exists()
+    table = pd.read_csv(out / "ablation_k.csv").set_index("label")
+    assert list(table.index) == ["SGD train-all", "SGD k=5", "AdamW train-all", "AdamW k=2"]
+    assert table.loc["SGD k=5", "value"] == pytest.approx(78.5)
+    assert table.loc["SGD k=5", "seeds"] == 2
+    assert table.loc["SGD k=5", "speedup"] == pytest.approx(100 / 45)
+    assert table.loc["SGD k=5", "accuracy_gap"] == pytest.approx(-1.5)
+    assert table.loc["AdamW k=2", "speedup"] == pytest.approx(1.5)
+    assert table.loc["AdamW k=2", "accuracy_gap"] == pytest.approx(1.5)
+    assert table.loc["SGD train-all", "value"] == 80.0  # not the main folder's 10.0
+
+
+def test_drift_figure_covers_both_experiments(tmp_path):
+    cfgs = configs("drift", tmp_path)
+    log(cfgs["transfer SGD drift"], 80.0, 50.0)
+    log(cfgs["transfer SGD no drift"], 78.0, 50.0)
+    for label, value in (("patch drift", 60.0), ("patch no drift", 55.0)):
+        run = RunLog(cfgs[label])
+        run.start("cpu")
+        run.log(1, 10, 5.0, {"clean_accuracy": value, "patched_accuracy": value + 1,
+                             "patch_only_accuracy": 20.0})
+        run.finish("complete")
+    assert figure.main(["--results-dir", str(tmp_path)]) == ["drift"]
+    table = pd.read_csv(tmp_path / "quick" / "figures" / "ablation_drift.csv")
+    assert len(table) == 2 + 2 * 3
+    patched = table[(table.metric == "patched_accuracy")].set_index("label").value
+    assert patched.to_dict() == {"patch drift": 61.0, "patch no drift": 56.0}
+    assert set(table[table.experiment == "transfer"].linear_drift) == {True, False}
