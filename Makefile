@@ -19,7 +19,7 @@ ABL_ENV := OMP_NUM_THREADS=1
 endif
 
 .PHONY: help setup test test-all lint clean fig-transfer fig-patch fig-regularization speedup
-.PHONY: ablations report convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
+.PHONY: figures ablations report convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -59,6 +59,8 @@ fig-regularization: setup  ## random subgroups vs SGD and dropout (transformer L
 	$(REG_ENV) $(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS); mlp=$$?; \
 	wait $$lm && test $$mlp -eq 0
 	$(PY) -m figures.regularization --profile $(PROFILE)
+
+figures: fig-transfer fig-patch fig-regularization convergence report  ## every paper figure, then the report (finished runs are skipped, so a rerun only redraws)
 
 ablations: setup  ## ablation grids (k, drift, fast part, random subgroups) and their figures; PROFILE
 	$(ABL_ENV) $(PY) -m experiments.ablations --profile $(PROFILE) --only k,fast & a=$$!; \
