@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.config import PROFILES, load_config
+from experiments.config import PROFILES, experiment_config, load_config
 
 SEEDS = {"quick": [0], "paper": [0, 1, 2]}
 ADAMW_LR = 0.003  # AdamW base on transfer: h of the best runs in experiments/sweeps (quick profile)
@@ -90,18 +90,9 @@ ABLATIONS: dict[str, list[Variant]] = {
 }
 
 
-CONFIG_CLASSES = {"transfer": "TransferConfig", "patch": "PatchConfig", "regularization_mlp": "MLPConfig",
-                  "regularization_lm": "LMConfig"}
-
-
 def module(experiment: str):
     """The experiment's module (it has TOML, its config class and `main`)."""
     return importlib.import_module(f"experiments.{experiment}")
-
-
-def config_class(experiment: str):
-    """The RunConfig subclass of an experiment module."""
-    return getattr(module(experiment), CONFIG_CLASSES[experiment])
 
 
 def ablation_results_dir(results_dir: str | Path, name: str) -> Path:
@@ -117,8 +108,8 @@ def argv(variant: Variant, profile: str, seeds: list[int], results_dir: str | Pa
 
 def variant_config(variant: Variant, profile: str, seed: int, results_dir: str | Path, name: str):
     """The RunConfig the variant's run has (as `main` builds it)."""
-    mod = module(variant.experiment)
-    return load_config(config_class(variant.experiment), mod.TOML, profile, variant.method,
+    config_cls, toml = experiment_config(module(variant.experiment))
+    return load_config(config_cls, toml, profile, variant.method,
                        [f"results_dir={ablation_results_dir(results_dir, name)}", *variant.overrides,
                         f"seed={seed}"])
 

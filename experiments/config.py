@@ -229,6 +229,17 @@ def load_config(
     return cls(**values, profile=profile, method=method)
 
 
+def experiment_config(module) -> tuple[type[RunConfig], Path]:
+    """The config class and TOML file of an experiment module: its `TOML` and the RunConfig
+    subclass it defines (RunConfig itself if it defines none)."""
+    classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, RunConfig)
+               and v.__module__ == module.__name__]
+    if len(classes) > 1 or not hasattr(module, "TOML"):
+        raise ValueError(f"{module.__name__}: an experiment module defines TOML and at most one "
+                         f"RunConfig subclass; found {[c.__name__ for c in classes]}")
+    return (classes[0] if classes else RunConfig), Path(module.TOML)
+
+
 def list_methods(toml_path: str | Path) -> list[str]:
     """The method names a TOML file defines under `[methods.*]` (may be empty)."""
     with open(toml_path, "rb") as f:

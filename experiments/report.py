@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.config import PROFILES
-from experiments.runlog import read_results, read_runs
+from experiments.runlog import last_epoch, read_results, read_runs
 
 # The paper's numbers (~ read off plots; /work/shared/paper-notes.md). Per experiment, per our
 # method name: {metric: value}; "time" is seconds of the paper's run.
@@ -82,11 +82,6 @@ def complete_runs(folder: Path) -> pd.DataFrame:
     return rows.merge(runs, on="run")
 
 
-def final(rows: pd.DataFrame) -> pd.DataFrame:
-    """Each run's rows at its last evaluated epoch."""
-    return rows[rows.epoch == rows.groupby("run").epoch.transform("max")]
-
-
 def per_method(values: pd.DataFrame, by: list[str] = ("method",)) -> pd.DataFrame:
     """Mean, sd and number of seeds of `value` (and mean `time_s`) per `by`."""
     return (values.groupby(list(by), sort=False)
@@ -103,7 +98,7 @@ def transfer_section(root: Path) -> str:
     rows = complete_runs(root / "transfer")
     if rows.empty:
         return "## Transfer learning\n\n### ResNet\n\nnot run\n\n### DistilBERT\n\nnot run\n"
-    acc = final(rows[rows.metric.isin(["test_accuracy", "accuracy", "val_accuracy"])])
+    acc = last_epoch(rows[rows.metric.isin(["test_accuracy", "accuracy", "val_accuracy"])])
     parts = ["## Transfer learning\n",
              "Accuracy: final-epoch test accuracy (%). Time: training time relative to train-all of the same "
              "model (the paper's seconds are from other hardware)."]
@@ -147,7 +142,7 @@ def patch_section(root: Path) -> str:
     if rows.empty:
         return "## Patch-augmented data (latent time scales)\n\nnot run\n"
     metrics = ["clean_accuracy", "patched_accuracy", "patch_only_accuracy"]
-    stats = per_method(final(rows[rows.metric.isin(metrics)]), ["method", "metric"])
+    stats = per_method(last_epoch(rows[rows.metric.isin(metrics)]), ["method", "metric"])
     body = []
     for _, s in stats.iterrows():
         paper = PAPER["patch"].get(s.method, {}).get(s.metric)
@@ -168,7 +163,7 @@ def regularization_section(root: Path) -> str:
         lowest = val.groupby("run", as_index=False).agg(value=("value", "min"), method=("method", "first"),
                                                        seed=("seed", "first"), time_s=("time_s", "max"))
         body = []
-        for name, values in (("min_val_loss", lowest), ("final_val_loss", final(val))):
+        for name, values in (("min_val_loss", lowest), ("final_val_loss", last_epoch(val))):
             for _, s in per_method(values).iterrows():
                 paper = PAPER["regularization_lm"].get(s.method, {}).get(name)
                 body.append([s.method, name, s.seeds, fmt(paper), fmt(s["mean"], s.sd, 3),
@@ -182,7 +177,7 @@ def regularization_section(root: Path) -> str:
         parts.append("### Perceptron\n\nnot run")
     else:
         body = []
-        for _, s in per_method(final(rows[rows.metric == "test_accuracy"])).iterrows():
+        for _, s in per_method(last_epoch(rows[rows.metric == "test_accuracy"])).iterrows():
             paper = PAPER["regularization_mlp"].get(s.method, {}).get("test_accuracy")
             body.append([s.method, s.seeds, fmt(paper), fmt(s["mean"], s.sd), _diff(s["mean"], paper)])
         task = "MNIST" if rows.dataset.iloc[0] == "mnist" else \

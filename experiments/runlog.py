@@ -52,6 +52,11 @@ def read_rows(path: str | Path) -> list[dict]:
         return [{k: _TYPES.get(k, str)(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def last_epoch(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run at its last evaluated epoch (tidy rows, as `read_results` gives them)."""
+    return rows[rows.epoch == rows.groupby("run").epoch.transform("max")]
+
+
 def read_results(folder: str | Path, only_complete: bool = False) -> pd.DataFrame:
     """Concatenate all run CSVs in `folder` into one tidy DataFrame.
 

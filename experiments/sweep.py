@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from experiments.config import PROFILES, RunConfig, load_config, require
+from experiments.config import PROFILES, RunConfig, experiment_config, load_config, require
 from experiments.runlog import read_rows, read_status
 
 SEARCHES = ("grid", "random")
@@ -171,17 +171,6 @@ def argv(sweep: Sweep, trial: dict[str, Any]) -> list[str]:
     """The experiment's command-line arguments for one trial (all its seeds)."""
     return ["--profile", sweep.profile, "--method", sweep.method,
             "--seeds", ",".join(map(str, sweep.seeds)), *overrides(sweep, trial)]
-
-
-def experiment_config(module) -> tuple[type[RunConfig], Path]:
-    """The config class and TOML file of an experiment module: its `TOML` and the RunConfig
-    subclass it defines (RunConfig itself if it defines none)."""
-    classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, RunConfig)
-               and v.__module__ == module.__name__]
-    if len(classes) > 1 or not hasattr(module, "TOML"):
-        raise ValueError(f"{module.__name__}: an experiment module defines TOML and at most one "
-                         f"RunConfig subclass; found {[c.__name__ for c in classes]}")
-    return (classes[0] if classes else RunConfig), Path(module.TOML)
 
 
 def configs(sweep: Sweep) -> list[tuple[dict[str, Any], list[RunConfig]]]:

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments import ablations  # noqa: E402
-from experiments.runlog import read_results, read_runs  # noqa: E402
+from experiments.runlog import last_epoch, read_results, read_runs  # noqa: E402
 from figures import results_root, save  # noqa: E402
 
 # The final-epoch metrics each experiment is judged by.
@@ -53,7 +53,7 @@ def final_rows(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame
         for key in keys:
             match = match.loc[[value == getattr(want, key) for value in match[key]]]
         rows = rows[rows.run.isin(match.run) & rows.metric.isin(METRICS[variant.experiment])]
-        rows = rows[rows.epoch == rows.groupby("run").epoch.transform("max")]
+        rows = last_epoch(rows)
         config = match.set_index("run")[FIELDS].map(_field)
         frames.append(rows.join(config, on="run").assign(label=variant.label, experiment=variant.experiment))
     if not frames:

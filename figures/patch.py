@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from experiments.runlog import read_results  # noqa: E402
+from experiments.runlog import last_epoch, read_results  # noqa: E402
 from figures import results_root, save  # noqa: E402
 
 PANELS = {"clean_accuracy": "clean test images", "patched_accuracy": "test images with patch",
@@ -35,7 +35,7 @@ def load(folder: Path) -> pd.DataFrame:
 def final_table(acc: pd.DataFrame) -> pd.DataFrame:
     """Final-epoch accuracy per method and seed (one column per metric), then per method the mean
     and sd over seeds as rows with seed "mean" and "sd"."""
-    final = acc[acc.epoch == acc.groupby("run").epoch.transform("max")]
+    final = last_epoch(acc)
     wide = final.pivot_table(index=["method", "seed"], columns="metric", values="value")[list(PANELS)]
     stats = wide.groupby("method").agg(["mean", "std"])
     summary = [stats.xs(stat, axis=1, level=1).assign(seed=label) for stat, label in

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from experiments.runlog import read_results, read_runs  # noqa: E402
+from experiments.runlog import last_epoch, read_results, read_runs  # noqa: E402
 from figures import results_root, save  # noqa: E402
 
 TITLES = {
@@ -39,7 +39,7 @@ def load(folder: Path) -> pd.DataFrame:
 
 def summarise(acc: pd.DataFrame) -> pd.DataFrame:
     """Final accuracy and total training time per run, then mean and sd over seeds."""
-    final = acc[acc.epoch == acc.groupby("run").epoch.transform("max")]
+    final = last_epoch(acc)
     return (final.groupby(["model", "method"])
             .agg(accuracy=("value", "mean"), accuracy_sd=("value", "std"),
                  time_s=("time_s", "mean"), time_s_sd=("time_s", "std"), seeds=("seed", "nunique"))

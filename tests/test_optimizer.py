@@ -103,14 +103,16 @@ def test_matches_algorithm_1(k, drift):
     torch.testing.assert_close(fast.detach(), ref_f, rtol=0, atol=1e-12)
 
 
-def small_net(seed=0):
+def small_net(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    return net.to(dtype)
 
 
-def batches(n=12, seed=0):
+def batches(n=12, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
+    return [(torch.randn(8, 6, generator=g, dtype=dtype), torch.randint(0, 3, (8,), generator=g))
+            for _ in range(n)]
 
 
 def train(model, opt, data, closure_per_step=None):
@@ -176,22 +178,25 @@ def test_is_slow_step_cycle():
 @pytest.mark.parametrize("groups", ["layerwise", "random"])
 @pytest.mark.parametrize("steps_before_save", [4, 5, 6])
 def test_state_dict_lockstep(groups, steps_before_save):
-    """Train, save, load into a fresh copy, then step both and compare at every step."""
-    data = batches(n=20)
-
     def make(net):
         parts = (partition.layerwise(net, ["4"]) if groups == "layerwise"
                  else partition.random_subgroups(net, 0.4, seed=3))
         drift = groups == "layerwise"
         return Multirate(parts, lr=0.1, k=3, momentum=0.9, weight_decay=1e-3, linear_drift=drift)
 
-    net = small_net()
-    opt = make(net)
+    assert_lockstep(make, steps_before_save)
+
+
+def assert_lockstep(make_optimizer, steps_before_save, dtype=torch.float32):
+    """Train, save, load into a fresh copy, then step both and compare at every step."""
+    data = batches(n=20, dtype=dtype)
+    net = small_net(dtype=dtype)
+    opt = make_optimizer(net)
     train(net, opt, data[:steps_before_save])
 
-    net2 = small_net(seed=1)
+    net2 = small_net(seed=1, dtype=dtype)
     net2.load_state_dict(copy.deepcopy(net.state_dict()))
-    opt2 = make(net2)
+    opt2 = make_optimizer(net2)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     assert opt2.is_slow_step == opt.is_slow_step
     for batch in data[steps_before_save:]:
