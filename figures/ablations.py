@@ -37,18 +37,21 @@ def _field(value):
 
 def final_rows(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame:
     """One row per complete run of ablation `name` and metric, at the run's last evaluation."""
+    # Every field some variant of this ablation sets: a variant that leaves one at the
+    # experiment's value must not claim its neighbours' runs.
+    varied = dict.fromkeys(o.partition("=")[0] for v in ablations.ABLATIONS[name] for o in v.overrides)
+    keys = ["method", *varied]
+    logs = {}  # experiment -> (its rows, its runs): the variants of an ablation share folders
     frames = []
     for variant in ablations.ABLATIONS[name]:
-        folder = ablations.ablation_results_dir(results_dir, name) / profile / variant.experiment
-        rows = read_results(folder, only_complete=True)
+        if variant.experiment not in logs:
+            folder = ablations.ablation_results_dir(results_dir, name) / profile / variant.experiment
+            rows = read_results(folder, only_complete=True)
+            logs[variant.experiment] = (rows, None if rows.empty else read_runs(folder))
+        rows, runs = logs[variant.experiment]
         if rows.empty:
             continue
-        runs = read_runs(folder)
         want = ablations.variant_config(variant, profile, 0, results_dir, name)
-        # Every field some variant of this ablation sets: a variant that leaves one at the
-        # experiment's value must not claim its neighbours' runs.
-        varied = dict.fromkeys(o.partition("=")[0] for v in ablations.ABLATIONS[name] for o in v.overrides)
-        keys = ["method", *varied]
         match = runs[runs.status == "complete"]
         for key in keys:
             match = match.loc[[value == getattr(want, key) for value in match[key]]]
