@@ -1,38 +1,36 @@
 # Multirate training: set-up, tests and experiments. `make help` lists the targets.
 PYTHON_BOOT ?= python3
-VENV := .venv
-PY := $(VENV)/bin/python
-PROFILE ?= quick# quick: offline, CPU, minutes; paper: real data and weights, full scale
+# The Python environment: .venv, built by `make setup`; or the active one, used as it is, when VENV
+# is given empty (`make test VENV=`) or a conda environment is active (CONDA_PREFIX set; `make
+# VENV=.venv` builds .venv even then).
+VENV ?= $(if $(CONDA_PREFIX),,.venv)
+BIN := $(if $(VENV),$(VENV)/bin/,)# where python and ruff are; empty: on PATH
+PY := $(BIN)python
+INSTALLED := $(if $(VENV),$(VENV)/.installed,)# setup's stamp; none in the active environment
+PROFILE ?= quick# quick: offline, CPU, minutes; cpu: the paper's counts on generated data, ~1 h a figure; paper: real data, GPU
 SEEDS ?= 0,1,2
 DEVICE ?= cpu# for `make speedup`: cpu or cuda
 SWEEP ?= experiments/sweeps/transfer_random.toml
 SLURM ?=# options for experiments.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08:00:00 --partition gpu --mem 32G"
 
-ifeq ($(PROFILE),paper)
-TRANSFER_RESNETS := resnet50 resnet34
-REG_ENV :=
-ABL_ENV :=
-else
-TRANSFER_RESNETS := small_resnet
-REG_ENV := OMP_NUM_THREADS=1# quick profile: two processes side by side, one core each
-ABL_ENV := OMP_NUM_THREADS=1
-endif
-
 .PHONY: help setup test test-all lint clean fig-transfer fig-patch fig-regularization speedup
 .PHONY: figures ablations report convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
+.PHONY: patch-partitions reference-check readme-tables plan
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed  ## create .venv with a working torch/torchvision pair and everything else
+setup: $(INSTALLED)  ## create .venv with a working torch/torchvision pair and everything else
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+ifneq ($(VENV),)
+$(INSTALLED): requirements.txt pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --editable .
 	$(PY) -c "import torch, torchvision; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| cuda', torch.cuda.is_available())"
 	touch $@
+endif
 
 test: setup  ## fast tests (slow end-to-end runs excluded)
 	$(PY) -m pytest -m "not slow"
@@ -41,32 +39,58 @@ test-all: setup  ## every test, the slow end-to-end runs included
 	$(PY) -m pytest
 
 lint: setup  ## ruff
-	$(VENV)/bin/ruff check .
+	$(BIN)ruff check .
 
-fig-transfer: setup  ## transfer learning (ResNets, DistilBERT) and its figure; PROFILE=quick|paper SEEDS=0,1,2
-	for model in $(TRANSFER_RESNETS); do $(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) model=$$model || exit 1; done
-	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS)
+fig-transfer: setup  ## transfer learning (ResNets, DistilBERT) and its figure; PROFILE=quick|cpu|paper SEEDS=0,1,2
+ifeq ($(PROFILE),paper)
+	for model in resnet50 resnet34; do $(PY) -m experiments.transfer --profile paper --seeds $(SEEDS) model=$$model || exit 1; done
+	$(PY) -m experiments.transfer_text --profile paper --seeds $(SEEDS)
+else
+	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) & a=$$!; \
+	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS); b=$$?; \
+	wait $$a && test $$b -eq 0
+endif
 	$(PY) -m figures.transfer --profile $(PROFILE)
 
 fig-patch: setup  ## patch-augmented data (WRN-16: small h, large h, multirate) and its figure; PROFILE, SEEDS
-	$(REG_ENV) $(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method small_lr,multirate & a=$$!; \
-	$(REG_ENV) $(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method large_lr,multirate_early; b=$$?; \
+	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method small_lr,multirate & a=$$!; \
+	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method large_lr,multirate_early; b=$$?; \
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.patch --profile $(PROFILE)
 
+patch-partitions: setup  ## patch task: every candidate fast part (biases, weights, random half, BN); PROFILE=cpu
+	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method multirate_biases,multirate_random_half & a=$$!; \
+	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method multirate_weights,multirate_bn; b=$$?; \
+	wait $$a && test $$b -eq 0
+
 fig-regularization: setup  ## random subgroups vs SGD and dropout (transformer LM, perceptron) and its figure
-	$(REG_ENV) $(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) & lm=$$!; \
-	$(REG_ENV) $(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS); mlp=$$?; \
+	$(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) & lm=$$!; \
+	$(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS); mlp=$$?; \
 	wait $$lm && test $$mlp -eq 0
 	$(PY) -m figures.regularization --profile $(PROFILE)
+
+fig-%: setup  ## any other registered experiment (experiments/registry.py): its runs, then its figure
+	$(PY) -m experiments.registry $* --run --profile $(PROFILE) --seeds $(SEEDS)
 
 figures: fig-transfer fig-patch fig-regularization convergence report  ## every paper figure, then the report (finished runs are skipped, so a rerun only redraws)
 
 ablations: setup  ## ablation grids (k, drift, fast part, random subgroups) and their figures; PROFILE
-	$(ABL_ENV) $(PY) -m experiments.ablations --profile $(PROFILE) --only k,fast & a=$$!; \
-	$(ABL_ENV) $(PY) -m experiments.ablations --profile $(PROFILE) --only subgroups,drift; b=$$?; \
+	$(PY) -m experiments.ablations --profile $(PROFILE) --only k,fast & a=$$!; \
+	$(PY) -m experiments.ablations --profile $(PROFILE) --only subgroups,drift; b=$$?; \
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.ablations --profile $(PROFILE)
+
+reference-check: setup  ## compare results/$(PROFILE) with experiments/reference/$(PROFILE).csv (bit-exact)
+	$(PY) -m experiments.reference check --profile $(PROFILE)
+
+readme-tables: setup  ## regenerate README.md's result tables from the committed references
+	$(PY) -m experiments.reference readme
+
+STEPS ?= 3
+PLAN_ARGS ?=# e.g. on a CPU: "amp=none --measure-batch 2"; on a GPU: "device=cuda"
+plan: setup  ## cost plan of every run of PROFILE (s/step, peak memory, projected hours) on this machine; STEPS, PLAN_ARGS
+	mkdir -p results/$(PROFILE)
+	$(PY) -m experiments.plan all --profile $(PROFILE) steps=$(STEPS) $(PLAN_ARGS) --json results/$(PROFILE)/plan.json
 
 report: setup  ## results/<profile>/REPORT.md (paper vs ours, every figure) for each profile with results
 	$(PY) -m experiments.report

@@ -25,19 +25,26 @@ The grids (``ABLATIONS``):
 
 Seeds: the quick profile runs seed 0 only (the 20-minute budget on 2 CPU cores); the paper
 profile runs seeds 0, 1, 2. Epochs and every other setting are those of the experiment's profile.
+
+A variant's experiment is an entry point of ``experiments.registry`` by name. The tables of the
+results (`final_rows`, `summarise`) are here, where both ``figures.ablations`` and the report
+read them: each variant's final-epoch value of the metrics its experiment is judged by (the
+registry's ``Part.metrics``), mean and sd over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from experiments import pretraining, registry
 from experiments.config import PROFILES, experiment_config, load_config
+from experiments.runlog import last_epoch, read_results, read_runs
 
 SEEDS = {"quick": [0], "paper": [0, 1, 2]}
 ADAMW_LR = 0.003  # AdamW base on transfer: h of the best runs in experiments/sweeps (quick profile)
@@ -48,7 +55,7 @@ class Variant:
     """One point of an ablation: `experiment`'s `method` with `overrides` (key=value strings)."""
 
     label: str
-    experiment: str  # module under experiments/: transfer, patch, regularization_mlp, ...
+    experiment: str  # an entry point of experiments.registry: transfer, patch, regularization_mlp, ...
     method: str
     overrides: tuple[str, ...] = ()
 
@@ -90,11 +97,6 @@ ABLATIONS: dict[str, list[Variant]] = {
 }
 
 
-def module(experiment: str):
-    """The experiment's module (it has TOML, its config class and `main`)."""
-    return importlib.import_module(f"experiments.{experiment}")
-
-
 def ablation_results_dir(results_dir: str | Path, name: str) -> Path:
     """Where ablation `name` keeps its runs: `<results>/ablations/<name>` (then <profile>/<experiment>)."""
     return Path(results_dir) / "ablations" / name
@@ -103,32 +105,16 @@ def ablation_results_dir(results_dir: str | Path, name: str) -> Path:
 def argv(variant: Variant, profile: str, seeds: list[int], results_dir: str | Path, name: str) -> list[str]:
     """The command line of the experiment's `main` that runs `variant` of ablation `name`."""
     return ["--profile", profile, "--method", variant.method, "--seeds", ",".join(map(str, seeds)),
-            f"results_dir={ablation_results_dir(results_dir, name)}", *variant.overrides]
+            f"results_dir={ablation_results_dir(results_dir, name)}", f"variant={name}/{variant.label}",
+            *variant.overrides]
 
 
 def variant_config(variant: Variant, profile: str, seed: int, results_dir: str | Path, name: str):
     """The RunConfig the variant's run has (as `main` builds it)."""
-    config_cls, toml = experiment_config(module(variant.experiment))
+    config_cls, toml = experiment_config(registry.entry_point(variant.experiment))
     return load_config(config_cls, toml, profile, variant.method,
-                       [f"results_dir={ablation_results_dir(results_dir, name)}", *variant.overrides,
-                        f"seed={seed}"])
-
-
-def share_pretrained(cfg, results_dir: str | Path) -> None:
-    """Copy the quick transfer profile's cached pretrained network into this run's folder if any
-    other folder under `results_dir` holds it: it is keyed by everything that determines it, and
-    pretraining again costs about a minute per ablation."""
-    from experiments.transfer import pretrained_path
-
-    if cfg.experiment != "transfer" or cfg.model != "small_resnet" or not cfg.pretrained:
-        return
-    target = pretrained_path(cfg)
-    if target.exists():
-        return
-    for source in Path(results_dir).glob(f"**/{cfg.profile}/transfer/pretrained/{target.name}"):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        return
+                       [f"results_dir={ablation_results_dir(results_dir, name)}",
+                        f"variant={name}/{variant.label}", *variant.overrides, f"seed={seed}"])
 
 
 def run_ablation(name: str, profile: str, seeds: list[int], results_dir: str | Path = "results"
@@ -136,12 +122,87 @@ def run_ablation(name: str, profile: str, seeds: list[int], results_dir: str | P
     """Run every variant x seed of ablation `name`; returns the runs' results (as `main` gives them)."""
     results = []
     for variant in ABLATIONS[name]:
-        share_pretrained(variant_config(variant, profile, seeds[0], results_dir, name), results_dir)
+        # Pretrained networks cached elsewhere under results_dir (keyed by what determines them).
+        run_dir = variant_config(variant, profile, seeds[0], results_dir, name).run_dir
+        pretraining.share_caches(run_dir, results_dir)
         print(f"[ablation {name}] {variant.label}", flush=True)
-        for result in module(variant.experiment).main(argv(variant, profile, seeds, results_dir, name)):
+        entry = registry.entry_point(variant.experiment)
+        for result in entry.main(argv(variant, profile, seeds, results_dir, name)):
             results.append(dict(result, label=variant.label, ablation=name))
     return results
 
+
+# ----------------------------------------------------------------------------- the result tables
+
+FIELDS = ["optimizer", "lr", "k", "linear_drift", "fast", "train", "slow_fraction"]
+
+
+def _field(value):
+    """Config values as the table shows them: lists joined with "+"."""
+    return "+".join(map(str, value)) if isinstance(value, list) else value
+
+
+def final_rows(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame:
+    """One row per complete run of ablation `name` and metric, at the run's last evaluation."""
+    # Every field some variant of this ablation sets: a variant that leaves one at the
+    # experiment's value must not claim its neighbours' runs.
+    varied = dict.fromkeys(o.partition("=")[0] for v in ABLATIONS[name] for o in v.overrides)
+    keys = ["method", *varied]
+    logs = {}  # experiment -> (its rows, its runs): the variants of an ablation share folders
+    frames = []
+    for variant in ABLATIONS[name]:
+        if variant.experiment not in logs:
+            folder = (ablation_results_dir(results_dir, name) / profile
+                      / registry.part(variant.experiment).results_folder)
+            rows = read_results(folder, only_complete=True)
+            logs[variant.experiment] = (rows, None if rows.empty else read_runs(folder))
+        rows, runs = logs[variant.experiment]
+        if rows.empty:
+            continue
+        want = variant_config(variant, profile, 0, results_dir, name)
+        match = runs[runs.status == "complete"]
+        for key in keys:
+            match = match.loc[[value == getattr(want, key) for value in match[key]]]
+        rows = rows[rows.run.isin(match.run) & rows.metric.isin(registry.part(variant.experiment).metrics)]
+        rows = last_epoch(rows)
+        config = match.set_index("run")[FIELDS].map(_field)
+        frames.append(rows.join(config, on="run").assign(label=variant.label, experiment=variant.experiment))
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarise(final: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Mean and sd over seeds per variant and metric, in the ablation's order; k adds the trade-off."""
+    order = {v.label: i for i, v in enumerate(ABLATIONS[name])}
+    table = (final.groupby(["label", "experiment", "metric", *FIELDS], sort=False)
+             .agg(value=("value", "mean"), value_sd=("value", "std"), time_s=("time_s", "mean"),
+                  time_s_sd=("time_s", "std"), seeds=("seed", "nunique"))
+             .reset_index())
+    table = table.sort_values("label", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    if name == "k":
+        table = tradeoff(table)
+    return table
+
+
+def base_of(optimizer: str) -> str:
+    """The base algorithm of an optimizer name: "sgd" for sgd/multirate, "adamw" for adamw/multirate_adamw."""
+    return "adamw" if optimizer.endswith("adamw") else "sgd"
+
+
+def tradeoff(table: pd.DataFrame) -> pd.DataFrame:
+    """Add `base`, `speedup` (train-all time / time) and `accuracy_gap` (value - train-all value)
+    against the train-all run of the same base optimizer and metric."""
+    table = table.assign(base=table.optimizer.map(base_of))
+    reference = (table[~table.optimizer.str.startswith("multirate")]
+                 .set_index(["base", "metric"])[["value", "time_s"]].add_prefix("reference_"))
+    table = table.join(reference, on=["base", "metric"])
+    table["speedup"] = table.reference_time_s / table.time_s
+    table["accuracy_gap"] = table.value - table.reference_value
+    return table.drop(columns=["reference_value", "reference_time_s"])
+
+
+# ----------------------------------------------------------------------------- command line
 
 def main(argv_: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the ablation grids (finished runs are skipped).")
@@ -163,4 +224,6 @@ def main(argv_: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

@@ -15,10 +15,14 @@ and ``python -m experiments.X --profile quick --method multirate k=3`` overrides
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import json
+import os
+import re
+import sys
 import tomllib
 import types
 import typing
@@ -26,18 +30,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-PROFILES = ("quick", "paper")
+PROFILES = ("quick", "cpu", "paper")  # cpu: the paper's counts on generated data, ~1 h per figure on 2 cores
 OPTIMIZERS = ("sgd", "multirate", "adamw", "multirate_adamw")  # multirate_*: the base algorithm
-PARTITIONS = ("layerwise", "random_subgroups")
+PARTITIONS = ("layerwise", "random_subgroups", "weights_and_biases", "random_split", "batchnorm")
 SCHEDULES = ("constant", "cosine", "multistep")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
+AMP_MODES = ("none", "bf16", "fp16")
 
 # Fields that do not change what is computed, so they stay out of the run hash:
 # moving the results folder or switching W&B on must still find the same run.
-NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "rerun")
+NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "rerun", "variant")
 # Fields added after runs were recorded: left out of the hash while at their default, so that
 # those runs keep their names (and are not trained again).
-HASHED_IF_CHANGED = ("nesterov", "betas", "eps")
+HASHED_IF_CHANGED = ("nesterov", "betas", "eps", "threads", "deterministic", "amp", "channels_last",
+                     "compile", "cudnn_benchmark")
 
 # Chosen by arguments (--profile/--method), never by a file or an override.
 _RESERVED = {"profile": "--profile", "method": "--method"}
@@ -78,6 +84,15 @@ class RunConfig:
     wandb_project: str = "multirate"
     checkpoint: bool = True
     rerun: bool = False  # train again even if a finished run with this name exists
+    variant: str = ""  # label of an ablation or sweep variant (W&B group); not part of the run's identity
+    # --- reproducibility: intra-op threads (0: torch's default) and deterministic kernels
+    threads: int = 0
+    deterministic: bool = False
+    # --- GPU speed options (the paper profile on CUDA); each keeps TrainStep's saving
+    amp: str = "none"  # "none" | "bf16" | "fp16": autocast dtype of the forward pass
+    channels_last: bool = False  # CNNs: NHWC memory format
+    compile: bool = False  # torch.compile the model
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,16 +111,19 @@ class RunConfig:
             ("k", self.k >= 1, ">= 1"),
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("lr", self.lr >= 0, ">= 0"),
-            ("momentum", self.momentum >= 0, ">= 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("nesterov", not self.nesterov or self.momentum > 0, "false when momentum = 0"),
             ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
             ("eps", self.eps >= 0, ">= 0"),
-            ("partition", not (self.optimizer == "multirate_adamw" and self.partition == "random_subgroups"),
-             "'layerwise' with optimizer='multirate_adamw' (random subgroups need the SGD base)"),
+            ("partition", not (self.optimizer == "multirate_adamw"
+                               and self.partition in ("random_subgroups", "random_split")),
+             "not random with optimizer='multirate_adamw' (random partitions need the SGD base)"),
             ("slow_fraction", 0 <= self.slow_fraction <= 1, "in [0, 1]"),
             ("gamma", self.gamma > 0, "> 0"),
             ("train", len(self.train) > 0, "a non-empty list"),
+            ("threads", self.threads >= 0, ">= 0 (0: torch's default)"),
+            ("amp", self.amp in AMP_MODES, f"one of {AMP_MODES}"),
         ]
         require(self, checks)
 
@@ -182,17 +200,28 @@ def convert(key: str, value: Any, typ: Any) -> Any:
     raise ValueError(f"cannot parse {key}={value!r} as {name}")
 
 
+def read_toml(path: str | Path) -> dict:
+    """A TOML file's tables; a malformed file raises ValueError naming it (tomllib's message does not)."""
+    with open(path, "rb") as f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not valid TOML: {err}") from None
+
+
 def load_config(
-    cls: type[C], toml_path: str | Path, profile: str, method: str, overrides: list[str] = ()
+    cls: type[C], toml_path: str | Path, profile: str, method: str, overrides: list[str] = (),
+    layers: list[tuple[str, list[str]]] = (),
 ) -> C:
     """Build a `cls` from its dataclass defaults, the TOML file, the profile table,
-    the method table and `key=value` overrides, later ones winning.
+    the method table, named `layers` of `key=value` overrides (``(where, overrides)`` pairs, e.g. a
+    sweep file's ``[fixed]`` table) and the command line's `overrides`, later ones winning.
 
-    Unknown keys, unparsable values and impossible values raise ValueError naming the key.
+    Unknown keys, unparsable values and impossible values raise ValueError naming the key (and the
+    layer or file it came from).
     """
     toml_path = Path(toml_path)
-    with open(toml_path, "rb") as f:
-        data = tomllib.load(f)
+    data = read_toml(toml_path)
     fields = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
 
@@ -205,21 +234,24 @@ def load_config(
     if methods and method not in methods:
         raise ValueError(f"unknown method {method!r}: {toml_path} defines {sorted(methods)}")
 
-    cli = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        cli[key.strip()] = value
+    def parsed(items):
+        pairs = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not of the form key=value")
+            pairs[key.strip()] = value
+        return pairs
 
-    layers = [
+    tables = [
         (f"{toml_path} (top level)", {k: v for k, v in data.items() if k not in _TABLES}),
         (f"{toml_path} [{profile}]", data.get(profile, {})),
         (f"{toml_path} [methods.{method}]", methods.get(method, {})),
-        ("command line", cli),
+        *((where, parsed(items)) for where, items in layers),
+        ("command line", parsed(overrides)),
     ]
     values: dict[str, Any] = {"experiment": toml_path.stem}
-    for where, layer in layers:
+    for where, layer in tables:
         for key, value in layer.items():
             if key in _RESERVED:
                 raise ValueError(f"{key!r} in {where}: choose it with {_RESERVED[key]}")
@@ -242,26 +274,94 @@ def experiment_config(module) -> tuple[type[RunConfig], Path]:
 
 def list_methods(toml_path: str | Path) -> list[str]:
     """The method names a TOML file defines under `[methods.*]` (may be empty)."""
-    with open(toml_path, "rb") as f:
-        return list(tomllib.load(f).get("methods", {}))
+    return list(read_toml(toml_path).get("methods", {}))
 
 
-def parse_cli(argv: list[str] | None = None) -> tuple[str, list[str] | None, list[int] | None, list[str]]:
+def parse_cli(argv: list[str] | None = None, config_cls: type[RunConfig] | None = None,
+              toml_path: str | Path | None = None
+              ) -> tuple[str, list[str] | None, list[int] | None, list[str]]:
     """Parse `[--profile P] [--method a,b] [--seeds 0,1,2] [key=value ...]`.
 
     Returns (profile, methods, seeds, overrides); methods/seeds are None when not given.
+    `--help` lists the methods of `toml_path` and every field of `config_cls` with its default
+    (`cli_help`); without them, those of the ``__main__`` module when it is an experiment
+    (``python -m experiments.X``: it defines TOML).
     """
+    if config_cls is None or toml_path is None:
+        main = sys.modules.get("__main__")
+        with contextlib.suppress(ValueError):  # not an experiment module: the generic help
+            config_cls, toml_path = experiment_config(main)
+    first = Path(toml_path).read_text().partition("\n")[0] if toml_path is not None else ""
     parser = argparse.ArgumentParser(
-        description="Run an experiment for each method x seed.",
-        epilog="key=value overrides any config field, e.g. lr=0.05 train=layer4,fc",
+        prog=f"python -m {sys.modules['__main__'].__spec__.name}" if _run_as_module() else None,
+        description=(first.lstrip("#").strip() + "\n" if first.startswith("#") else "")
+        + "Runs the experiment for each method x seed.",
+        epilog=(cli_help(config_cls, toml_path) if config_cls is not None and toml_path is not None
+                else "key=value overrides any config field, e.g. lr=0.05 train=layer4,fc"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--profile", default="quick", choices=PROFILES)
-    parser.add_argument("--method", default=None, help="comma-separated method names")
-    parser.add_argument("--seeds", default=None, help="comma-separated integer seeds")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--method", default=None, help="comma-separated method names (default: all)")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated integer seeds (default: the config's seed)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="set a config key (listed below), e.g. lr=0.05 train=layer4,fc")
     args = parser.parse_intermixed_args(argv)
     methods, seeds = run_selection(parser, args)
     return args.profile, methods, seeds, list(args.overrides)
+
+
+def _run_as_module() -> bool:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and bool(spec.name)
+
+
+def _cli_value(value: Any) -> str:
+    """A value as a `key=value` override writes it: lists comma-joined, booleans lower case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(map(_cli_value, value)) if value else "(empty)"
+    return '""' if value == "" else str(value)
+
+
+def method_descriptions(toml_path: str | Path) -> dict[str, str]:
+    """One line per `[methods.x]` table of a TOML file: the comment lines directly above its header
+    (joined), else the comment on the header line, else its settings as key=value."""
+    text = Path(toml_path).read_text()
+    methods = read_toml(toml_path).get("methods", {})
+    comments, above = {}, []
+    for line in text.splitlines():
+        stripped = line.strip()
+        header = re.fullmatch(r"\[methods\.(\"?)([^\]\"]+)\1\]\s*(?:#\s*(.*))?", stripped)
+        if header:
+            comments[header[2]] = " ".join(above) or (header[3] or "").strip()
+        above = [*above, stripped.lstrip("#").strip()] if stripped.startswith("#") else []
+    return {name: comments.get(name) or " ".join(f"{k}={_cli_value(v)}" for k, v in table.items())
+            or "the experiment's settings, unchanged" for name, table in methods.items()}
+
+
+def cli_help(config_cls: type[RunConfig], toml_path: str | Path) -> str:
+    """The `--help` text after the arguments: the TOML's methods, one line each, and every config
+    key with its default: the TOML's top-level value (else the dataclass default), then what each
+    profile table sets instead."""
+    data = read_toml(toml_path)
+    shown_path = os.path.relpath(toml_path) if Path(toml_path).is_absolute() else toml_path
+    lines = [f"methods ({shown_path}; --method picks some, default: all):"]
+    descriptions = method_descriptions(toml_path)
+    width = max(map(len, descriptions), default=0) + 2
+    lines += [f"  {name:<{width}}{text}" for name, text in descriptions.items()]
+    lines += ["", "config keys (key=value overrides any; default, then the profiles that change it):"]
+    values = {"experiment": Path(toml_path).stem, **{k: v for k, v in data.items() if k not in _TABLES}}
+    width = max(len(f.name) for f in dataclasses.fields(config_cls)) + 2
+    for f in dataclasses.fields(config_cls):
+        if f.name in _RESERVED:
+            continue
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        shown = _cli_value(values.get(f.name, default))
+        per_profile = [f"{p}: {_cli_value(data[p][f.name])}" for p in PROFILES if f.name in data.get(p, {})]
+        lines.append(f"  {f.name:<{width}}{shown}" + (f"  ({', '.join(per_profile)})" if per_profile else ""))
+    return "\n".join(lines)
 
 
 def run_selection(parser: argparse.ArgumentParser, args: argparse.Namespace

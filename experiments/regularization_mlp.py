@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments import runner
+from experiments import errors, runner
 from experiments.config import RunConfig, require
 from experiments.data import fetch_mnist, load_mnist
 
@@ -148,21 +148,21 @@ class MLPTask(runner.Task):
             pixels = self.x.float() / 255
             self.classes, self.mean, self.std = cfg.classes, pixels.mean().item(), pixels.std().item()
 
-    def build_model(self, cfg: MLPConfig) -> nn.Module:
-        return MLP(self.x[0].numel(), cfg.hidden, self.classes, cfg.dropout)
+    def build_model(self) -> nn.Module:
+        return MLP(self.x[0].numel(), self.cfg.hidden, self.classes, self.cfg.dropout)
 
-    def train_tensors(self, cfg: MLPConfig, device: torch.device) -> tuple[Tensor, ...]:
+    def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
         return self.x.to(device), self.y.to(device)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         x, y = batch
         return F.cross_entropy(model(prepare(x, self.mean, self.std)), y)
 
-    def evaluate(self, model: nn.Module, cfg: MLPConfig, device: torch.device) -> dict[str, float]:
-        correct, loss = 0, 0.0
-        for i in range(0, len(self.x_test), cfg.eval_batch_size):
-            x = self.x_test[i:i + cfg.eval_batch_size].to(device)
-            y = self.y_test[i:i + cfg.eval_batch_size].to(device)
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        correct, loss, size = 0, 0.0, self.cfg.eval_batch_size
+        for i in range(0, len(self.x_test), size):
+            x = self.x_test[i:i + size].to(device)
+            y = self.y_test[i:i + size].to(device)
             logits = model(prepare(x, self.mean, self.std))
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
@@ -175,4 +175,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.cli(main)

@@ -9,6 +9,11 @@ about ±0.5 point and ±5 % in time), ours (mean ± sd over seeds of complete ru
 epoch; for the language model also the minimum validation loss over epochs) and ours - paper.
 An experiment without complete runs says "not run". Times are hardware-specific, so the transfer
 tables compare the time relative to train-all of the same model, not seconds.
+
+The sections follow ``experiments.registry.EXPERIMENTS``: each experiment's ``report`` function
+(``results/<profile> -> Markdown``), or, for one that names none, `generic_section` (the final value
+of each metric it is judged by, per method, mean ± sd over seeds); then the ablations (their tables
+come from ``experiments.ablations``, as the ablation figures' do) and the figures.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments import registry
+from experiments.ablations import ABLATIONS, final_rows, summarise
 from experiments.config import PROFILES
 from experiments.runlog import last_epoch, read_results, read_runs
 
@@ -200,10 +207,32 @@ def convergence_section(root: Path) -> str:
             + table(["method", "k", "T", "measured", "bound", "bound - measured", "holds"], body) + "\n")
 
 
-def ablation_section(results_dir: Path, profile: str) -> str:
-    from experiments.ablations import ABLATIONS
-    from figures.ablations import final_rows, summarise
+def generic_section(experiment: registry.Experiment, root: Path) -> str:
+    """For an experiment without a section of its own: per part, the final-epoch value of each
+    metric it is judged by (every metric if it names none), per method; no paper numbers."""
+    parts = [f"## {experiment.title or experiment.name}\n"]
+    for part in experiment.parts:
+        rows = complete_runs(root / part.results_folder)
+        if not rows.empty and part.metrics:
+            rows = rows[rows.metric.isin(part.metrics)]
+        if rows.empty:
+            parts.append(f"### {part.name}\n\nnot run")
+            continue
+        body = [[s.method, s.metric, s.seeds, fmt(s["mean"], s.sd), f"{s.time_s:.1f}"]
+                for _, s in per_method(last_epoch(rows), ["method", "metric"]).iterrows()]
+        parts.append(f"### {part.name}: final-epoch values (no paper numbers)\n\n"
+                     + table(["method", "metric", "seeds", "ours", "time (s)"], body))
+    return "\n\n".join(parts) + "\n"
 
+
+def section(experiment: registry.Experiment, root: Path) -> str:
+    """The experiment's report section: its own function (the registry's ``report``), else generic."""
+    if experiment.report:
+        return registry.resolve(experiment.report)(root)
+    return generic_section(experiment, root)
+
+
+def ablation_section(results_dir: Path, profile: str) -> str:
     parts = []
     final_k = final_rows("k", results_dir, profile)
     if final_k.empty:
@@ -241,8 +270,8 @@ def report(results_dir: str | Path, profile: str) -> str:
     figures = sorted((root / "figures").glob("*.png"))
     figure_text = "\n\n".join(f"### {f.stem}\n\n![{f.stem}](figures/{f.name})" for f in figures)
     sections = [f"# Reproduction report: {profile} profile\n", PAPER_NOTE + ".\n",
-                transfer_section(root), patch_section(root), regularization_section(root),
-                convergence_section(root), ablation_section(results_dir, profile),
+                *(section(experiment, root) for experiment in registry.EXPERIMENTS.values()),
+                ablation_section(results_dir, profile),
                 "## Figures\n\n" + (figure_text or "no figures") + "\n"]
     return "\n".join(sections)
 
@@ -266,4 +295,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

@@ -2,27 +2,27 @@
 
 The whole training set lives on the device as tensors; each epoch a seeded permutation is
 sliced into minibatches, so there is no DataLoader and no per-sample Python. A run can be
-stopped at any step and resumed from its checkpoint to the same bits (on CPU).
+stopped at any step and resumed from its checkpoint (`experiments.checkpoint`) to the same bits
+(on CPU). While a run trains it holds a lock beside its JSON, so a second copy of the same run
+(a resubmitted job, a Slurm requeue of a task still alive) stops with one line and writes nothing.
 
-Preemption: while training, SIGTERM and SIGUSR1 (what Slurm sends before it kills a job) only set
-a flag; the run finishes its minibatch, saves its checkpoint and returns "preempted", and `main`
-requeues the Slurm job and exits with EXIT_PREEMPTED. Under torchrun (torch.distributed
-initialised) every rank trains on its shard of each global minibatch and all-reduces gradients with
-:class:`multirate.distributed.AllReduceGrads`; rank 0 alone writes logs and checkpoints.
+Preemption (`experiments.preemption`): while training, SIGTERM and SIGUSR1 (what Slurm sends
+before it kills a job) only set a flag; the run finishes its minibatch, saves its checkpoint and
+returns "preempted", and `main` requeues the Slurm job and exits with EXIT_PREEMPTED. Under
+torchrun (torch.distributed initialised) every rank trains on its shard of each global minibatch
+and all-reduces gradients with :class:`multirate.distributed.AllReduceGrads`; rank 0 alone writes
+logs and checkpoints.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import dataclasses
 import functools
 import math
 import os
 import random
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,32 +32,34 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from experiments.config import RunConfig, list_methods, load_config, parse_cli
-from experiments.files import atomic_open
-from experiments.runlog import RunLog, read_rows, read_status
-from multirate import Multirate, MultirateAdamW, TrainStep, partition
+from experiments import accel, checkpoint, determinism
+from experiments.checkpoint import Progress, checkpoint_path
+from experiments.config import RunConfig, list_methods, load_config, parse_cli, read_toml
+from experiments.errors import UserError
+from experiments.files import LockedError, run_lock, sha256_file
+from experiments.preemption import EXIT_PREEMPTED, PREEMPTION, requeue_slurm_job
+from experiments.runlog import ResultError, RunLog, check_csv, read_record, read_rows
+from multirate import Multirate, MultirateAdamW, partition
 from multirate.distributed import AllReduceGrads, any_rank, broadcast_module, init_from_env, world
 
 FINISHED = ("complete", "diverged")  # deterministic outcomes: rerunning would repeat them
 SYNC_EVERY = 50  # steps between loss checks; each check waits for the device
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL, "try again": `main`'s exit status after a preemption
 
 
 class Task:
-    """What an experiment supplies to `run`. Subclass it; `batch` and `evaluate` have defaults.
-
-    The constructor takes the config so that `main` can use the class as its task factory.
+    """What an experiment supplies to `run`: made once from its config (`Task(cfg)`, so `main` can
+    use the class as its task factory), which its methods read as `self.cfg`. Subclass it; `batch`
+    and `evaluate` have defaults.
     """
 
     def __init__(self, cfg: RunConfig | None = None):
-        self.cfg = cfg
+        self.cfg = cfg  # None: `run` gives the task its config
 
-    def build_model(self, cfg: RunConfig) -> nn.Module:
+    def build_model(self) -> nn.Module:
         """A fresh model (on the CPU is fine; `run` moves it to the device)."""
         raise NotImplementedError
 
-    def train_tensors(self, cfg: RunConfig, device: torch.device) -> tuple[Tensor, ...]:
+    def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
         """The whole training set as tensors on `device`, first dimension = examples."""
         raise NotImplementedError
 
@@ -69,78 +71,9 @@ class Task:
         """Scalar training loss of `model` on one minibatch."""
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, cfg: RunConfig, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Metrics of `model` (called in eval mode under no_grad)."""
         return {}
-
-
-@dataclasses.dataclass
-class Progress:
-    """Where training stands; everything here goes into the checkpoint."""
-
-    epoch: int = 0  # completed epochs
-    batch: int = 0  # completed minibatches of the current epoch
-    perm: Tensor | None = None  # the current epoch's data order
-    time_s: float = 0.0  # training wall-clock, without evaluation and checkpointing
-    loss_sum: Tensor | None = None  # over the current epoch's minibatches, kept on the device
-    loss_count: int = 0
-
-
-class Preemption:
-    """Turns SIGTERM/SIGUSR1 into a flag while `catching()`, instead of killing the process mid-step.
-
-    The flag (`signal`, the number caught, else None) stays set until `clear()` (which `run` does
-    when it stops for it), so a signal that arrives between two runs of `main` is not lost. Handlers
-    can only be installed from the main thread; elsewhere `catching()` changes nothing.
-    """
-
-    def __init__(self):
-        self.signal: int | None = None
-
-    def _catch(self, signum, frame):
-        self.signal = signum
-
-    def clear(self) -> None:
-        self.signal = None
-
-    def install(self) -> Callable[[], None]:
-        """Install the handlers; returns the function that puts the previous ones back."""
-        old = {}
-        if threading.current_thread() is threading.main_thread():
-            old = {sig: signal.signal(sig, self._catch) for sig in PREEMPT_SIGNALS}
-        return lambda: [signal.signal(sig, handler) for sig, handler in old.items()]
-
-    @contextlib.contextmanager
-    def catching(self):
-        restore = self.install()
-        try:
-            yield self
-        finally:
-            restore()
-
-
-PREEMPTION = Preemption()
-
-
-def requeue_slurm_job() -> str | None:
-    """Under Slurm (SLURM_JOB_ID set), `scontrol requeue` this job or array task; returns its id.
-
-    Slurm then ends this job and starts it again later; the run resumes from its checkpoint.
-    """
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return None
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    target = f"{array_job}_{task}" if array_job and task else job
-    try:
-        done = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        print(f"could not requeue Slurm job {target}: {err}", file=sys.stderr, flush=True)
-        return None
-    if done.returncode != 0:
-        print(f"could not requeue Slurm job {target}: {done.stderr.strip()}", file=sys.stderr, flush=True)
-        return None
-    return target
 
 
 def resolve_device(name: str) -> torch.device:
@@ -175,23 +108,58 @@ def apply_train(model: nn.Module, prefixes: list[str]) -> list[nn.Parameter]:
 
 def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD or AdamW over the trained parameters, or Multirate / MultirateAdamW over their
-    layer-wise (or, SGD base only, random) partition."""
-    trained = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(trained, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(trained, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay)
+    cfg.partition (see `param_groups`)."""
+    if cfg.optimizer in ("sgd", "adamw"):
+        return _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    return _optimizer(cfg, param_groups(cfg, model))
+
+
+def param_groups(cfg: RunConfig, model: nn.Module, fast: list[str] | None = None) -> list[dict]:
+    """The multirate param groups of `model`'s trained parameters for cfg.partition: "layerwise"
+    (the modules `fast`, default cfg.fast, are fast), "weights_and_biases" (cfg.fast = ["biases"] or
+    ["weights"]), "batchnorm" (the batch-norm layers fast), or, SGD base only, "random_subgroups"
+    and "random_split" (a fixed random cfg.slow_fraction of every tensor slow)."""
     # The partitions skip frozen parameters themselves, so cfg.train carries over.
     if cfg.partition == "random_subgroups":
-        groups = partition.random_subgroups(model, slow_fraction=cfg.slow_fraction, seed=cfg.seed)
-    else:
-        groups = partition.layerwise(model, fast=cfg.fast)
+        return partition.random_subgroups(model, slow_fraction=cfg.slow_fraction, seed=cfg.seed)
+    if cfg.partition == "weights_and_biases":
+        if len(cfg.fast) != 1:
+            raise ValueError(f"fast={cfg.fast}: partition='weights_and_biases' needs fast=biases or weights")
+        return partition.weights_and_biases(model, fast=cfg.fast[0])
+    if cfg.partition == "random_split":  # a fixed random slow_fraction of every tensor slow
+        return partition.random_split(model, slow_fraction=cfg.slow_fraction, seed=cfg.seed)
+    if cfg.partition == "batchnorm":  # the batch-norm layers fast, everything else slow
+        norms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return partition.layerwise(model, fast=norms if fast is None else fast)
+    if cfg.partition == "layerwise":
+        return partition.layerwise(model, fast=cfg.fast if fast is None else fast)
+    raise ValueError(f"partition={cfg.partition!r} is not built by this runner yet")
+
+
+def check_optimizer(cfg: RunConfig) -> None:
+    """Build cfg's optimizer over a stand-in model, so that the optimizer's own checks refuse an
+    impossible hyperparameter (ValueError) before any run starts, without building the real model."""
+    stand_in = nn.Sequential(collections.OrderedDict(slow=nn.Linear(2, 2), fast=nn.Linear(2, 2)))
+    try:
+        if cfg.optimizer in ("sgd", "adamw"):
+            _optimizer(cfg, list(stand_in.parameters()))
+        else:  # the stand-in's module names are not the model's: "layerwise" gets its own
+            _optimizer(cfg, param_groups(cfg, stand_in, fast=["fast"]))
+    except ValueError as err:
+        raise UserError(f"{cfg.method}: {err}") from None
+
+
+def _optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                 weight_decay=cfg.weight_decay)
     if cfg.optimizer == "multirate_adamw":
-        return MultirateAdamW(groups, lr=cfg.lr, k=cfg.k, betas=tuple(cfg.betas), eps=cfg.eps,
+        return MultirateAdamW(params, lr=cfg.lr, k=cfg.k, betas=tuple(cfg.betas), eps=cfg.eps,
                               weight_decay=cfg.weight_decay, linear_drift=cfg.linear_drift)
-    return Multirate(groups, lr=cfg.lr, k=cfg.k, momentum=cfg.momentum, nesterov=cfg.nesterov,
+    return Multirate(params, lr=cfg.lr, k=cfg.k, momentum=cfg.momentum, nesterov=cfg.nesterov,
                      weight_decay=cfg.weight_decay, linear_drift=cfg.linear_drift)
 
 
@@ -204,19 +172,14 @@ def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):
     return None
 
 
-def checkpoint_path(cfg: RunConfig) -> Path:
-    """results/<profile>/<experiment>/checkpoints/<run_name>.pt"""
-    return cfg.run_dir / "checkpoints" / f"{cfg.run_name}.pt"
-
-
-def evaluate(task: Task, model: nn.Module, optimizer, cfg: RunConfig, device) -> dict[str, float]:
+def evaluate(task: Task, model: nn.Module, optimizer, device) -> dict[str, float]:
     """task.evaluate in eval mode under no_grad, with every weight in place, then back to train."""
     # Random-subgroup Multirate zeroes the slow entries during a cycle; evaluate the full net.
     full_weights = getattr(optimizer, "full_weights", contextlib.nullcontext)
     model.eval()
     try:
         with torch.no_grad(), full_weights():
-            return {name: float(value) for name, value in task.evaluate(model, cfg, device).items()}
+            return {name: float(value) for name, value in task.evaluate(model, device).items()}
     finally:
         model.train()
 
@@ -231,147 +194,190 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
     Under torch.distributed, every rank takes its equal share of each global minibatch of
     cfg.batch_size (the same data order and augmentation as one process) and the gradients are
     averaged over the ranks; only rank 0 evaluates, logs and checkpoints.
-    A run already finished (complete/diverged) is not trained again unless cfg.rerun; its
-    logged rows are returned with model None.
+    A finished run is not trained again unless cfg.rerun (see `_finished`). Another process
+    training the same run raises LockedError, before anything is written.
     """
-    status = read_status(cfg)
-    ckpt_file = checkpoint_path(cfg)
-    if status in FINISHED:
-        if not cfg.rerun:
-            csv_file = cfg.run_dir / f"{cfg.run_name}.csv"
-            rows = read_rows(csv_file) if csv_file.exists() else []
-            return dict(status=status, rows=rows, run_name=cfg.run_name, model=None)
-        ckpt_file.unlink(missing_ok=True)
-
+    # Threads and deterministic kernels before any tensor work
+    determinism.apply(cfg)
+    if task.cfg is None:
+        task.cfg = cfg
+    elif task.cfg != cfg:
+        raise ValueError(f"{cfg.run_name}: the task was made for another config")
     device = resolve_device(cfg.device)
     rank, world_size = world()
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world_size} processes")
-    seed_everything(cfg.seed)
-    tensors = task.train_tensors(cfg, device)
-    n, bs = len(tensors[0]), cfg.batch_size
-    steps_per_epoch = n // bs  # the last partial batch is dropped
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={bs} is larger than the {n} training examples")
-    shard = bs // world_size
-    model = task.build_model(cfg).to(device)
-    apply_train(model, cfg.train)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    train_step = TrainStep(model, optimizer, reduce_grads=AllReduceGrads() if world_size > 1 else None)
-    model.train()
+    ckpt_file = checkpoint_path(cfg)
 
-    # Separate streams: data order on the CPU, augmentation on the device.
-    data_seed, aug_seed = (int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(2))
-    data_gen = torch.Generator().manual_seed(data_seed)
-    aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
-    prog = Progress(loss_sum=torch.zeros((), dtype=torch.float64, device=device))
-    log = RunLog(cfg)
-    if cfg.checkpoint and ckpt_file.exists():
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        data_gen.set_state(ckpt["data_gen"])
-        aug_gen.set_state(ckpt["aug_gen"])
-        _set_rng_states(ckpt["rng"])
-        prog = Progress(**{**ckpt["progress"], "loss_sum": ckpt["progress"]["loss_sum"].to(device)})
-        log = RunLog(cfg, rows=ckpt["rows"], started=ckpt["started"], wandb_id=ckpt["wandb_id"])
-    if world_size > 1:
-        broadcast_module(model)  # equal already (same seed or checkpoint); this makes sure
+    with contextlib.ExitStack() as cleanup:
+        # One process per run: hold its lock (rank 0, for all ranks) until the run returns
+        cleanup.enter_context(_run_lock(cfg, rank, world_size, device))
 
-    def save_checkpoint():
-        if not cfg.checkpoint or rank != 0:
-            return
-        state = dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict() if scheduler is not None else None,
-            data_gen=data_gen.get_state(), aug_gen=aug_gen.get_state(), rng=_rng_states(),
-            progress={**dataclasses.asdict(prog), "loss_sum": prog.loss_sum.cpu()},
-            rows=log.rows, started=log.started, wandb_id=log.wandb_id, config=dataclasses.asdict(cfg),
-        )
-        with atomic_open(ckpt_file, "wb") as f:
-            torch.save(state, f)
+        # A finished run is not trained again (unless cfg.rerun) if its CSV is what was recorded
+        finished = _finished(cfg, rank)
+        if finished is not None:
+            return finished
 
-    def result(status):
-        return dict(status=status, rows=log.rows, run_name=cfg.run_name, model=model)
+        # Data, model, optimizer, scheduler
+        seed_everything(cfg.seed)
+        tensors = task.train_tensors(device)
+        n, bs = len(tensors[0]), cfg.batch_size
+        steps_per_epoch = n // bs  # the last partial batch is dropped
+        if steps_per_epoch == 0:
+            raise ValueError(f"batch_size={bs} is larger than the {n} training examples")
+        shard = bs // world_size
+        accel.configure_backends(cfg, device)
+        model = task.build_model().to(device)
+        apply_train(model, cfg.train)
+        accel.prepare_model(model, cfg, device)  # channels_last, torch.compile: per cfg
+        optimizer = build_optimizer(cfg, model)
+        scheduler = build_scheduler(cfg, optimizer)
+        train_step = accel.make_train_step(model, optimizer, accel.grad_scaler(cfg, device),
+                                           reduce_grads=AllReduceGrads() if world_size > 1 else None)
+        cleanup.callback(train_step.remove)
+        model.train()
 
-    def mean_loss():  # over the epoch's minibatches so far, of every rank
-        total = prog.loss_sum
+        # Separate random streams: data order on the CPU, augmentation on the device
+        data_seed, aug_seed = (int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(2))
+        data_gen = torch.Generator().manual_seed(data_seed)
+        aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
+
+        # Resume from the checkpoint if there is one
+        prog = Progress(loss_sum=torch.zeros((), dtype=torch.float64, device=device))
+        log = RunLog(cfg)
+        if cfg.checkpoint and ckpt_file.exists():
+            state = checkpoint.load(ckpt_file)
+            prog = checkpoint.restore(state, model, optimizer, scheduler, data_gen, aug_gen, device)
+            log = RunLog(cfg, rows=state["rows"], started=state["started"], wandb_id=state["wandb_id"])
         if world_size > 1:
-            total = total.clone()
-            torch.distributed.all_reduce(total)
-            total /= world_size
-        return total.item() / prog.loss_count
+            broadcast_module(model)  # equal already (same seed or checkpoint); this makes sure
 
-    if rank == 0:
-        log.start(device)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=prog.epoch * steps_per_epoch + prog.batch,
-               desc=cfg.run_name, leave=False, dynamic_ncols=True,
-               disable=not sys.stderr.isatty() or bool(os.environ.get("CI")) or rank != 0)
-    final_status = None
-    restore_signals = PREEMPTION.install()
-    try:
+        # Logging, progress bar, signals; the JSON says "running" until the run finishes
+        status = None  # None (interrupted or crashed) leaves the JSON at "running"
+        if rank == 0:
+            log.start(device)
+            cleanup.callback(lambda: log.finish(status, _kept_checkpoint_sha(cfg, ckpt_file, status)))
+        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=prog.epoch * steps_per_epoch + prog.batch,
+                   desc=cfg.run_name, leave=False, dynamic_ncols=True,
+                   disable=not sys.stderr.isatty() or bool(os.environ.get("CI")) or rank != 0)
+        cleanup.callback(bar.close)
+        cleanup.callback(PREEMPTION.install())
+
+        # Train: epochs of minibatches in a seeded order; stop on divergence, a signal or stop_at_step
         t0 = time.perf_counter()
         while prog.epoch < cfg.epochs:
             if prog.batch == 0:
                 prog.perm = torch.randperm(n, generator=data_gen)
                 prog.loss_sum.zero_()
                 prog.loss_count = 0
-            order = prog.perm.to(device)
+            order = accel.to_device((prog.perm,), device)[0]
+            stop = None  # "preempted" or "interrupted": checkpoint and return
             for b in range(prog.batch, steps_per_epoch):
                 batch = task.batch(tuple(t[order[b * bs:(b + 1) * bs]] for t in tensors), aug_gen)
                 if world_size > 1:  # every rank drew the same global batch: keep this rank's share
                     batch = tuple(t[rank * shard:(rank + 1) * shard] for t in batch)
-                loss = train_step(functools.partial(task.loss, model, batch))
-                prog.loss_sum += loss
+                compute_loss = accel.autocast_loss(functools.partial(task.loss, model, batch), cfg, device)
+                prog.loss_sum += train_step(compute_loss)
                 prog.loss_count += 1
                 prog.batch = b + 1
                 step = prog.epoch * steps_per_epoch + prog.batch
                 bar.update()
+
+                # Every SYNC_EVERY steps and at the epoch's end: stop if the loss is not finite
                 if prog.batch % SYNC_EVERY == 0 or prog.batch == steps_per_epoch:
-                    mean = mean_loss()
+                    mean = _mean_loss(prog, world_size)
                     bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
                     if not math.isfinite(mean):
                         prog.time_s += _elapsed(t0, device)
-                        # Logged against the epoch it happened in, so figures can show where.
-                        if rank == 0:
+                        if rank == 0:  # logged against the epoch it happened in, so figures can show where
                             log.log(prog.epoch + 1, step, prog.time_s, {"train_loss": mean})
                             tqdm.write(f"{cfg.run_name}: loss {mean} at step {step}, stopping (diverged)")
-                        final_status = "diverged"
-                        return result("diverged")
+                        status = "diverged"
+                        return dict(status=status, rows=log.rows, run_name=cfg.run_name, model=model)
+
+                # After a signal (all ranks stop at the same step) or at stop_at_step: checkpoint, return
                 preempted = PREEMPTION.signal is not None
-                if world_size > 1:  # all ranks must stop at the same step
+                if world_size > 1:
                     preempted = any_rank(preempted, device)
                 if step == stop_at_step or preempted:
-                    prog.time_s += _elapsed(t0, device)
-                    save_checkpoint()
-                    if preempted:
-                        PREEMPTION.clear()  # this stop answered it; `main` goes by the status
-                        if rank == 0:
-                            tqdm.write(f"{cfg.run_name}: signal caught, checkpointed at step {step}")
-                    return result("preempted" if preempted else "interrupted")
-
+                    stop = "preempted" if preempted else "interrupted"
+                    break
             prog.time_s += _elapsed(t0, device)
-            prog.epoch, prog.batch, prog.perm = prog.epoch + 1, 0, None
-            if scheduler is not None:
-                scheduler.step()
-            if prog.epoch % cfg.eval_every == 0 or prog.epoch == cfg.epochs:
-                train_loss = mean_loss()
-                if rank == 0:
-                    metrics = {"train_loss": train_loss, **evaluate(task, model, optimizer, cfg, device)}
-                    log.log(prog.epoch, prog.epoch * steps_per_epoch, prog.time_s, metrics)
-            save_checkpoint()
+
+            # End of epoch (unless stopping mid-way): schedule, evaluate, log
+            if stop is None:
+                prog.epoch, prog.batch, prog.perm = prog.epoch + 1, 0, None
+                if scheduler is not None:
+                    scheduler.step()
+                if prog.epoch % cfg.eval_every == 0 or prog.epoch == cfg.epochs:
+                    train_loss = _mean_loss(prog, world_size)
+                    if rank == 0:
+                        metrics = {"train_loss": train_loss, **evaluate(task, model, optimizer, device)}
+                        log.log(prog.epoch, prog.epoch * steps_per_epoch, prog.time_s, metrics)
+
+            # Checkpoint after every epoch and before stopping (rank 0: the others hold the same state)
+            if cfg.checkpoint and rank == 0:
+                state = checkpoint.capture(cfg, model, optimizer, scheduler, data_gen, aug_gen, prog, log)
+                checkpoint.save(ckpt_file, state)
+            if stop is not None:
+                if stop == "preempted":
+                    PREEMPTION.clear()  # this stop answered it; `main` goes by the status
+                    if rank == 0:
+                        tqdm.write(f"{cfg.run_name}: signal caught, checkpointed at step {step}")
+                return dict(status=stop, rows=log.rows, run_name=cfg.run_name, model=model)
             t0 = time.perf_counter()
-        final_status = "complete"
-        return result("complete")
-    finally:
-        restore_signals()
-        bar.close()
-        train_step.remove()
+        status = "complete"
+        return dict(status=status, rows=log.rows, run_name=cfg.run_name, model=model)
+
+
+@contextlib.contextmanager
+def _run_lock(cfg: RunConfig, rank: int, world_size: int, device: torch.device):
+    """Hold the run's lock file on rank 0; every rank raises LockedError if another process has it."""
+    json_file = cfg.run_dir / f"{cfg.run_name}.json"
+    with contextlib.ExitStack() as held:
+        locked = None
         if rank == 0:
-            log.finish(final_status)  # None (interrupted or crashed) leaves the JSON at "running"
+            try:
+                held.enter_context(run_lock(cfg.run_dir / f"{cfg.run_name}.lock", str(json_file)))
+            except LockedError as err:
+                locked = err
+        if any_rank(locked is not None, device) if world_size > 1 else locked is not None:
+            raise locked or LockedError(f"{json_file} is being trained by another process")
+        yield
+
+
+def _finished(cfg: RunConfig, rank: int) -> dict | None:
+    """The result of a finished (complete/diverged) run, read back instead of training it again, or
+    None if it must be trained: not finished, cfg.rerun (its checkpoint is deleted), or its CSV is
+    missing (rebuilt from the kept checkpoint when there is one, else trained again). A CSV that
+    differs from the row count and SHA-256 its JSON recorded raises ResultError naming the file."""
+    csv_file, json_file = (cfg.run_dir / f"{cfg.run_name}{suffix}" for suffix in (".csv", ".json"))
+    record = read_record(json_file) if json_file.exists() else None
+    if record is None or record["status"] not in FINISHED:
+        return None
+    if cfg.rerun:
+        checkpoint_path(cfg).unlink(missing_ok=True)
+        return None
+    problem = check_csv(record, csv_file)
+    if problem is None:
+        rows = read_rows(csv_file) if csv_file.exists() else []
+        return dict(status=record["status"], rows=rows, run_name=cfg.run_name, model=None)
+    if problem != "missing":
+        raise ResultError(problem)
+    if rank == 0:
+        how = "restoring it from its checkpoint" if checkpoint_path(cfg).exists() else "training it again"
+        print(f"{csv_file} of a {record['status']} run is missing: {how}", file=sys.stderr, flush=True)
+    return None
+
+
+def _mean_loss(prog: Progress, world_size: int) -> float:
+    """Mean training loss over the epoch's minibatches so far, of every rank (waits for the device)."""
+    total = prog.loss_sum
+    if world_size > 1:
+        total = total.clone()
+        torch.distributed.all_reduce(total)
+        total /= world_size
+    return total.item() / prog.loss_count
 
 
 def _elapsed(t0: float, device: torch.device) -> float:
@@ -380,17 +386,9 @@ def _elapsed(t0: float, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _rng_states() -> dict:
-    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if states["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+def _kept_checkpoint_sha(cfg: RunConfig, ckpt_file: Path, status: str | None) -> str | None:
+    """SHA-256 of the checkpoint a finished run keeps, for its JSON (None if none is kept)."""
+    return sha256_file(ckpt_file) if status is not None and cfg.checkpoint and ckpt_file.exists() else None
 
 
 def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | Path,
@@ -399,16 +397,29 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
 
     Methods default to all `[methods.*]` in the TOML file, seeds to the configured seed.
     `task_factory(cfg)` makes the task (a Task subclass itself will do).
+    Every config is loaded and its optimizer built on a stand-in model first, so an unknown key or
+    an impossible value (by the optimizer's own checks) fails before any run starts.
     Launched by torchrun (WORLD_SIZE > 1), it joins the process group first.
     After SIGTERM/SIGUSR1 it stops once the current run has checkpointed, requeues the Slurm job
     (if under Slurm) and exits with status EXIT_PREEMPTED; rerunning it continues where it stopped.
     """
-    profile, methods, seeds, overrides = parse_cli(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--plan" in argv:  # a cost plan instead of the runs: experiments/plan.py
+        from experiments import plan
+
+        return plan.main_for_task(task_factory, [a for a in argv if a != "--plan"])
+
+    # Every config and optimizer first: nothing runs unless all of them are possible
+    profile, methods, seeds, overrides = parse_cli(argv, config_cls, toml_path)
+    read_toml(toml_path)
     methods = methods or list_methods(toml_path) or [config_cls.__dataclass_fields__["method"].default]
-    # Every config first: an unknown key or impossible value fails before any run starts.
     cfgs = [load_config(config_cls, toml_path, profile, method,
                         [*overrides, *([] if seed is None else [f"seed={seed}"])])
             for method in methods for seed in seeds or [None]]
+    for cfg in cfgs:
+        check_optimizer(cfg)
+
+    # Each run in turn, until a signal asks to stop
     joined = init_from_env()
     rank, world_size = world()
     results, preempted = [], False

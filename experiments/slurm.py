@@ -17,8 +17,8 @@ resumes from the checkpoint to the same bits. Runs already complete are skipped,
 whole figure only runs what is missing. With ``--gpus N`` > 1 each task runs its run data-parallel
 under ``torchrun`` (one process per GPU; see ``multirate.distributed``).
 
-A figure is one line of ``FIGURES``: the experiment commands that produce its runs and the module
-that draws it (called as ``python -m <draw> --profile P --results-dir R``).
+A figure is an entry of ``experiments.registry.EXPERIMENTS``: the parts (experiment commands) that
+produce its runs and the module that draws it (called as ``python -m <figure> --profile P --results-dir R``).
 """
 
 from __future__ import annotations
@@ -27,41 +27,12 @@ import argparse
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments import registry
 from experiments.config import PROFILES, list_methods, run_selection
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "experiments" / "configs"
-
-
-@dataclass
-class Part:
-    """`python -m <module>` over every method of `configs/<toml>`, once per override set of the profile."""
-
-    module: str
-    toml: str
-    variants: dict[str, list[list[str]]] = field(default_factory=dict)  # profile -> override sets
-
-
-@dataclass
-class Figure:
-    parts: list[Part]
-    draw: str  # the figure module
-
-
-FIGURES = {
-    "transfer": Figure([Part("experiments.transfer", "transfer_resnet.toml",
-                             {"quick": [["model=small_resnet"]],
-                              "paper": [["model=resnet50"], ["model=resnet34"]]}),
-                        Part("experiments.transfer_text", "transfer_distilbert.toml")], "figures.transfer"),
-    "patch": Figure([Part("experiments.patch", "patch.toml")], "figures.patch"),
-    "regularization": Figure([Part("experiments.regularization_mlp", "regularization_mlp.toml"),
-                              Part("experiments.regularization_lm", "regularization_lm.toml")],
-                             "figures.regularization"),
-    "convergence": Figure([Part("experiments.convergence", "convergence.toml")], "figures.convergence"),
-}
+ROOT = registry.ROOT
 
 
 def array_tasks(figure: str, profile: str, seeds: list[int], methods: list[str] | None = None,
@@ -71,10 +42,10 @@ def array_tasks(figure: str, profile: str, seeds: list[int], methods: list[str] 
     A TOML file without ``[methods.*]`` gives one run per seed (of its default method).
     """
     tasks, known = [], set()
-    for part in FIGURES[figure].parts:
-        part_methods = list_methods(CONFIGS / part.toml)
+    for part in registry.experiment(figure).parts:
+        part_methods = list_methods(part.toml_path)
         known.update(part_methods)
-        for variant in part.variants.get(profile, [[]]):
+        for variant in part.override_sets(profile):
             for method in part_methods or [None]:
                 if method is None or methods is None or method in methods:
                     chosen = [] if method is None else ["--method", method]
@@ -125,7 +96,7 @@ def figure_script(figure: str, profile: str, results_dir: str, name: str, log_di
     """The sbatch script that draws the figure from whatever runs finished."""
     lines = _header(name, log_dir, 1, 0, "01:00:00", partition, None)
     lines[lines.index(f"#SBATCH --output={log_dir}/%x-%A_%a.out")] = f"#SBATCH --output={log_dir}/%x-%j.out"
-    draw = [python, "-m", FIGURES[figure].draw, "--profile", profile, "--results-dir", results_dir]
+    draw = registry.commands(figure, profile, results_dir=results_dir, python=python)[-1]
     return "\n".join([*lines, f"exec {shlex.join(draw)}", ""])
 
 
@@ -141,7 +112,7 @@ def main(argv: list[str] | None = None) -> tuple[str, str] | None:
     """Write the scripts and submit them; returns (array job id, figure job id), None with --dry-run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog="key=value overrides go to every run, as for the experiments")
-    parser.add_argument("figure", choices=sorted(FIGURES))
+    parser.add_argument("figure", choices=sorted(registry.EXPERIMENTS))
     parser.add_argument("--profile", default="quick", choices=PROFILES)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
     parser.add_argument("--method", default=None, help="comma-separated methods (default: all)")
@@ -186,4 +157,6 @@ def main(argv: list[str] | None = None) -> tuple[str, str] | None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

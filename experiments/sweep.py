@@ -38,7 +38,6 @@ finished run is not trained again. The W&B export calls the same entry point: W&
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import math
 import random
@@ -49,6 +48,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from experiments import registry
 from experiments.config import PROFILES, RunConfig, experiment_config, load_config, require
 from experiments.runlog import read_rows, read_status
 
@@ -167,6 +167,11 @@ def overrides(sweep: Sweep, trial: dict[str, Any]) -> list[str]:
     return [f"{key}={format_value(value)}" for key, value in {**sweep.fixed, **trial}.items()]
 
 
+def variant(sweep: Sweep) -> str:
+    """The override that labels a sweep's runs (their W&B group and tag; not part of their identity)."""
+    return f"variant={sweep.name}"
+
+
 def argv(sweep: Sweep, trial: dict[str, Any]) -> list[str]:
     """The experiment's command-line arguments for one trial (all its seeds)."""
     return ["--profile", sweep.profile, "--method", sweep.method,
@@ -175,7 +180,7 @@ def argv(sweep: Sweep, trial: dict[str, Any]) -> list[str]:
 
 def configs(sweep: Sweep) -> list[tuple[dict[str, Any], list[RunConfig]]]:
     """Every trial with the run config of each of its seeds, as the entry point will build them."""
-    config_cls, toml = experiment_config(importlib.import_module(sweep.module))
+    config_cls, toml = experiment_config(registry.entry_point(sweep.module))
     return [(trial, [load_config(config_cls, toml, sweep.profile, sweep.method,
                                  [*overrides(sweep, trial), f"seed={seed}"]) for seed in sweep.seeds])
             for trial in trials(sweep)]
@@ -185,14 +190,14 @@ def configs(sweep: Sweep) -> list[tuple[dict[str, Any], list[RunConfig]]]:
 
 def run_local(sweep: Sweep, dry_run: bool = False) -> None:
     """Run every trial through the experiment's `main`, or with `dry_run` only list them."""
-    module = importlib.import_module(sweep.module)
+    module = registry.entry_point(sweep.module)
     for i, (trial, cfgs) in enumerate(configs(sweep), 1):
         print(f"[{i}] python -m {sweep.module} {' '.join(argv(sweep, trial))}", flush=True)
         if dry_run:
             for cfg in cfgs:
                 print(f"      {cfg.run_dir / cfg.run_name}: {read_status(cfg) or 'not started'}")
         else:
-            module.main(argv(sweep, trial))
+            module.main([*argv(sweep, trial), variant(sweep)])
 
 
 def summary(sweep: Sweep) -> list[dict[str, Any]]:
@@ -234,8 +239,9 @@ def format_summary(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- W&B
 
 def wandb_config(sweep: Sweep) -> dict[str, Any]:
-    """The sweep as the config `wandb sweep` expects: method, metric, parameters and a command
-    that calls the same entry point with `key=value` overrides."""
+    """The sweep as the config `wandb sweep` expects: its project (the runs' `wandb_project`),
+    method, metric, parameters and a command that calls the same entry point with `key=value`
+    overrides, `variant=<sweep name>` among them (the runs' W&B group and tag)."""
     parameters = {}
     for key, spec in sweep.parameters.items():
         if "values" in spec:
@@ -243,13 +249,16 @@ def wandb_config(sweep: Sweep) -> dict[str, Any]:
         else:
             parameters[key] = {"distribution": WANDB_DISTRIBUTIONS[spec["distribution"]],
                                "min": spec["min"], "max": spec["max"]}
-    fixed = overrides(sweep, {})
+    fixed = [*overrides(sweep, {}), variant(sweep)]
+    config_cls, toml = experiment_config(registry.entry_point(sweep.module))
+    project = load_config(config_cls, toml, sweep.profile, sweep.method, fixed).wandb_project
     if len(sweep.seeds) == 1:
         fixed.append(f"seed={sweep.seeds[0]}")
     else:  # one W&B run is one seed: crossed with the grid, drawn at random in random search
         parameters["seed"] = {"values": list(sweep.seeds)}
     config = {
         "name": sweep.name,
+        "project": project,
         "method": sweep.search,
         "metric": {"name": sweep.metric, "goal": sweep.goal},
         "parameters": parameters,
@@ -289,4 +298,6 @@ def main(argv_: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

@@ -45,10 +45,7 @@ fixed; ``model`` and ``dataset`` are config fields, so they are in each run's JS
 
 from __future__ import annotations
 
-import hashlib
 import http.client
-import json
-import math
 import statistics
 import sys
 import time
@@ -62,10 +59,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from experiments import runner
+from experiments import errors, pretraining, runner
 from experiments.config import RunConfig, require
 from experiments.data import DownloadError, fetch_cifar, load_cifar, normalize
-from experiments.files import atomic_open
+from experiments.determinism import code_key
+from experiments.synthetic_images import (
+    GENERATOR_VERSION,
+    SOURCE_CLASSES,
+    TARGET_CLASSES,
+    TARGET_PAIRS,
+    source_task,
+    target_task,
+)
 
 TOML = Path(__file__).with_name("configs") / "transfer_resnet.toml"
 
@@ -80,7 +85,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # 0.20-0.22); pretraining and fine-tuning normalise with the same constants, as ImageNet's
 # statistics are used for CIFAR.
 GENERATED_MEAN, GENERATED_STD = (0.45, 0.45, 0.45), (0.25, 0.25, 0.25)
-GENERATOR_VERSION = 3  # bump when the image generator changes: it is part of the pretraining key
 
 
 @dataclass
@@ -141,127 +145,6 @@ class TransferConfig(RunConfig):
         require(self, checks)
 
 
-# ----------------------------------------------------------------------------- generated tasks
-
-N_SHAPES, N_TEXTURES, N_COLOURS = 8, 6, 6
-# Source classes: (shape, texture, colour half), the half being hues 0-2 (red to green) or 3-5
-# (cyan to magenta); the colour within its half is a nuisance.
-SOURCE_CLASSES = N_SHAPES * N_TEXTURES * 2
-# Target classes: (shape, colour) pairs; every shape comes in two colours and every colour
-# belongs to two shapes, so neither the shape nor the colour alone names the class.
-# The two colours of a shape are neighbours on the colour wheel (60 degrees apart, each image's hue
-# jittered by up to HUE_JITTER turns): telling them apart needs fine colour features.
-TARGET_PAIRS = tuple((s, c) for s in range(N_COLOURS) for c in (s, (s + 1) % N_COLOURS))
-HUE_JITTER = 0.06
-TARGET_CLASSES = len(TARGET_PAIRS)
-
-
-def _shape_distance(index: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """Signed distance-like field of each image's shape (negative inside), in object units."""
-    au, av = u.abs(), v.abs()
-    r = torch.sqrt(u * u + v * v)
-    square = torch.maximum(au, av)
-    d = torch.stack([
-        r - 1.0,  # disc
-        square - 0.85,  # square
-        au + av - 1.15,  # diamond
-        torch.maximum(torch.minimum(au, av) - 0.33, square - 1.0),  # plus
-        (r - 0.68).abs() - 0.3,  # ring
-        torch.maximum(v - 0.75, (1.8 * au - v - 0.95) / 2.06),  # triangle, apex up
-        (square - 0.7).abs() - 0.22,  # square frame
-        torch.maximum(torch.minimum((u - v).abs(), (u + v).abs()) / 1.41 - 0.25, r - 1.05),  # x
-    ])
-    return d.gather(0, index.view(1, -1, 1, 1).expand(1, *u.shape)).squeeze(0)
-
-
-def _primitives(seed: int) -> tuple[Tensor, Tensor]:
-    """The world both tasks share: grating (orientation, frequency) per texture, hue per colour."""
-    g = torch.Generator().manual_seed(10_000 + seed)
-    angles = torch.arange(N_TEXTURES) * math.pi / N_TEXTURES
-    freqs = 0.16 + 0.12 * torch.rand(N_TEXTURES, generator=g)  # cycles per pixel at side 16
-    textures = torch.stack([angles, freqs], 1)
-    hues = torch.arange(N_COLOURS) / N_COLOURS  # saturated, evenly spaced hues
-    return textures, hues
-
-
-def _hue_to_rgb(hue: Tensor) -> Tensor:
-    """RGB (..., 3) of fully saturated, fully bright colours with hue (...,) in turns."""
-    k = (torch.tensor([5.0, 3.0, 1.0]) + 6 * hue.unsqueeze(-1)) % 6
-    return 1 - torch.clamp(torch.minimum(k, 4 - k), 0, 1)  # HSV with s = v = 1
-
-
-def render(shapes: Tensor, textures: Tensor, colours: Tensor, size: int, generator: torch.Generator,
-           world_seed: int) -> Tensor:
-    """Images (uint8 N x 3 x size x size) of one object each: shape, filled with texture x colour.
-
-    The object's hue is jittered; it sits at a random place and scale on a background of a faint
-    random grating in a random dull colour with two random colour blobs, and every pixel gets
-    Gaussian noise.
-    """
-    g, n = generator, len(shapes)
-    bank, palette = _primitives(world_seed)
-    s = size / 16  # geometry is stated for side 16 and scales with it
-
-    def uniform(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(n, *shape, generator=g)
-
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    yy, xx = coords.view(1, -1, 1), coords.view(1, 1, -1)
-    cx, cy = (uniform(-2.5, 2.5).mul(s).view(n, 1, 1) for _ in range(2))
-    radius = uniform(4.2, 6.0).mul(s).view(n, 1, 1)
-    angle = uniform(-0.35, 0.35).view(n, 1, 1)  # a small rotation
-    dx, dy = (xx - cx) / radius, (yy - cy) / radius
-    u = dx * torch.cos(angle) + dy * torch.sin(angle)
-    v = -dx * torch.sin(angle) + dy * torch.cos(angle)
-    edge = 0.6 / radius  # about 0.6 pixel of soft edge
-    mask = torch.sigmoid(-_shape_distance(shapes, u, v) / edge).unsqueeze(1)  # n 1 H W
-
-    def grating(theta, freq):
-        phase = uniform(0, 2 * math.pi).view(n, 1, 1)
-        t, f = theta.view(n, 1, 1), (freq / s).view(n, 1, 1)
-        return torch.cos(2 * math.pi * f * (xx * torch.cos(t) + yy * torch.sin(t)) + phase)
-
-    tex = grating(bank[textures, 0], bank[textures, 1]).unsqueeze(1)
-    hue = palette[colours] + uniform(-HUE_JITTER, HUE_JITTER)
-    obj = _hue_to_rgb(hue).view(n, 3, 1, 1) * (0.7 + 0.3 * tex)
-
-    bg_tex = grating(uniform(0, math.pi), uniform(0.1, 0.3)).unsqueeze(1)
-    background = uniform(0.15, 0.6, 3).view(n, 3, 1, 1) * (0.85 + 0.15 * bg_tex)
-    for _ in range(2):
-        bx, by = (uniform(-8, 8).mul(s).view(n, 1, 1) for _ in range(2))
-        sigma = uniform(1.5, 3.0).mul(s).view(n, 1, 1)
-        blob = torch.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * sigma**2)).unsqueeze(1)
-        background = background + 0.5 * uniform(0, 1, 3).view(n, 3, 1, 1) * blob
-
-    image = mask * obj + (1 - mask) * background + 0.08 * torch.randn(n, 3, size, size, generator=g)
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def source_task(n: int, seed: int, size: int = 16, world_seed: int = 0) -> tuple[Tensor, Tensor]:
-    """The pretraining task: n images, label = (shape * N_TEXTURES + texture) * 2 + colour half
-    (96 classes).
-
-    Deterministic in (n, seed, size, world_seed); ``world_seed`` fixes the primitives.
-    """
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, SOURCE_CLASSES, (n,), generator=g)
-    half = N_COLOURS // 2
-    colours = (y % 2) * half + torch.randint(0, half, (n,), generator=g)
-    return render(y // (2 * N_TEXTURES), (y // 2) % N_TEXTURES, colours, size, g, world_seed), y
-
-
-def target_task(n: int, seed: int, size: int = 16, world_seed: int = 0) -> tuple[Tensor, Tensor]:
-    """The fine-tuning task: n images, label = index of (shape, colour) in TARGET_PAIRS (12 classes).
-
-    Same primitives as `source_task` for the same ``world_seed``; the texture is random.
-    """
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, TARGET_CLASSES, (n,), generator=g)
-    pairs = torch.tensor(TARGET_PAIRS)[y]
-    textures = torch.randint(0, N_TEXTURES, (n,), generator=g)
-    return render(pairs[:, 0], textures, pairs[:, 1], size, g, world_seed), y
-
-
 # ----------------------------------------------------------------------------- models
 
 class SmallResNet(nn.Module):
@@ -305,7 +188,7 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(errors.UserError, RuntimeError):
     """torchvision's pretrained weights could not be downloaded."""
 
 
@@ -362,13 +245,14 @@ def pretrain_spec(cfg: TransferConfig) -> dict:
                 blocks=list(cfg.blocks), gen_size=cfg.gen_size, source_train=cfg.source_train,
                 source_test=cfg.source_test, seed=cfg.pretrain_seed, epochs=cfg.pretrain_epochs,
                 lr=cfg.pretrain_lr, batch_size=cfg.pretrain_batch_size, momentum=0.9,
-                weight_decay=5e-4, schedule="cosine", crop_padding=cfg.crop_padding, flip=cfg.flip)
+                weight_decay=5e-4, schedule="cosine", crop_padding=cfg.crop_padding, flip=cfg.flip,
+                # The code that produces the weights: changed code never reuses an old cache.
+                code=code_key(sys.modules[__name__], source_task, normalize, pretraining))
 
 
 def pretrained_path(cfg: TransferConfig) -> Path:
     """``<results>/<profile>/<experiment>/pretrained/<hash of pretrain_spec>.pt``"""
-    blob = json.dumps(pretrain_spec(cfg), sort_keys=True).encode()
-    return cfg.run_dir / "pretrained" / f"{hashlib.sha256(blob).hexdigest()[:16]}.pt"
+    return pretraining.cache_path(cfg.run_dir, pretrain_spec(cfg))
 
 
 def pretrained_state(cfg: TransferConfig, device: torch.device) -> dict[str, Tensor]:
@@ -377,16 +261,16 @@ def pretrained_state(cfg: TransferConfig, device: torch.device) -> dict[str, Ten
     Pretraining draws from its own seeded RNG, so the caller's RNG state is the same either way.
     """
     path = pretrained_path(cfg)
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    spec = pretrain_spec(cfg)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        state, accuracy, seconds = _pretrain(spec, device)
-    print(f"pretrained small_resnet on the generated source task: {accuracy:.1f}% source test "
-          f"accuracy after {seconds:.0f} s; cached at {path}", file=sys.stderr, flush=True)
-    with atomic_open(path, "wb") as f:
-        torch.save(dict(spec=spec, state_dict=state, source_test_accuracy=accuracy), f)
-    return state
+
+    def pretrain() -> dict:
+        spec = pretrain_spec(cfg)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            state, accuracy, seconds = _pretrain(spec, device)
+        print(f"pretrained small_resnet on the generated source task: {accuracy:.1f}% source test "
+              f"accuracy after {seconds:.0f} s; cached at {path}", file=sys.stderr, flush=True)
+        return dict(spec=spec, state_dict=state, source_test_accuracy=accuracy)
+
+    return pretraining.cached(path, pretrain)["state_dict"]
 
 
 def _pretrain(spec: dict, device: torch.device) -> tuple[dict[str, Tensor], float, float]:
@@ -403,18 +287,25 @@ def _pretrain(spec: dict, device: torch.device) -> tuple[dict[str, Tensor], floa
     order_gen = torch.Generator().manual_seed(spec["seed"])
     aug_gen = torch.Generator(device=device).manual_seed(spec["seed"] + 1)
     bs = spec["batch_size"]
-    model.train()
-    for _ in range(spec["epochs"]):
-        perm = torch.randperm(len(x), generator=order_gen).to(device)
-        for b in range(len(x) // bs):
-            idx = perm[b * bs:(b + 1) * bs]
-            xb = augment(x[idx], aug_gen, spec["crop_padding"], spec["flip"])
-            loss = F.cross_entropy(model(normalize(xb, GENERATED_MEAN, GENERATED_STD)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    model.eval()
+
+    def epochs():  # each epoch a fresh order, its full minibatches of indices
+        for _ in range(spec["epochs"]):
+            perm = torch.randperm(len(x), generator=order_gen).to(device)
+            yield perm.split(bs)[: len(x) // bs]
+
+    def loss(model: nn.Module, idx: Tensor) -> dict[str, Tensor]:
+        xb = augment(x[idx], aug_gen, spec["crop_padding"], spec["flip"])
+        return {"loss": F.cross_entropy(model(normalize(xb, GENERATED_MEAN, GENERATED_STD)), y[idx])}
+
+    steps_per_epoch = len(x) // bs
+
+    def progress(step: int, losses: dict[str, Tensor]) -> None:  # a line per epoch, for Slurm logs
+        if step % steps_per_epoch == 0:
+            print(f"pretraining small_resnet: epoch {step // steps_per_epoch}/{spec['epochs']}, loss "
+                  f"{losses['loss'].item():.3f}, {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr, flush=True)
+
+    pretraining.fit(model, opt, epochs(), loss, schedule=sched, schedule_every="epoch", on_step=progress)
     with torch.no_grad():
         correct = sum(int((model(normalize(xb, GENERATED_MEAN, GENERATED_STD)).argmax(1) == yb).sum())
                       for xb, yb in zip(x_test.split(1000), y_test.split(1000)))
@@ -462,9 +353,8 @@ class TransferTask(runner.Task):
     def num_classes(self) -> int:
         return TARGET_CLASSES if self.cfg.dataset == "generated" else CLASSES[self.cfg.dataset]
 
-    def train_tensors(self, cfg: TransferConfig, device: torch.device) -> tuple[Tensor, ...]:
-        self.cfg = cfg
-        return tuple(t.to(device) for t in self._load(cfg, train=True))
+    def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
+        return tuple(t.to(device) for t in self._load(self.cfg, train=True))
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 images -> normalised float input at the network's size."""
@@ -483,8 +373,8 @@ class TransferTask(runner.Task):
         return self.prepare(images), labels
 
     # -- model
-    def build_model(self, cfg: TransferConfig) -> nn.Module:
-        self.cfg = cfg
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
         device = runner.resolve_device(cfg.device)
         if cfg.model == "small_resnet":
             model = SmallResNet(self.num_classes, cfg.widths, cfg.blocks)
@@ -511,8 +401,8 @@ class TransferTask(runner.Task):
         x, y = batch
         return F.cross_entropy(model(x), y)
 
-    def evaluate(self, model: nn.Module, cfg: TransferConfig, device: torch.device) -> dict[str, float]:
-        self.cfg = cfg
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        cfg = self.cfg
         if self._test is None:
             self._test = tuple(t.to(device) for t in self._load(cfg, train=False))
         images, labels = self._test
@@ -557,8 +447,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.cli(main)
 
 
-__all__ = ["TransferConfig", "TransferTask", "SmallResNet", "source_task", "target_task", "augment",
-           "freeze_bn_statistics", "imagenet_resnet", "pretrained_state", "WeightsUnavailable", "main"]
+__all__ = ["TransferConfig", "TransferTask", "SmallResNet", "source_task", "target_task", "TARGET_PAIRS",
+           "augment", "freeze_bn_statistics", "imagenet_resnet", "pretrained_state", "WeightsUnavailable",
+           "main"]

@@ -38,9 +38,6 @@ Profiles:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,10 +47,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments import runner
+from experiments import errors, pretraining, runner
 from experiments.config import RunConfig, require
 from experiments.data import DownloadError, data_root, fetch_sst2, load_sst2_tsv
-from experiments.files import atomic_open
+from experiments.determinism import code_key
+from experiments.synthetic_text import (  # noqa: F401 (tests read CLS, SEP, ... from here)
+    CLS,
+    GRAMMAR_VERSION,
+    PAD,
+    SEP,
+    SPECIALS,
+    VOCAB,
+    WORD_ID,
+    encode,
+    encode_tags,
+    polarity_tags,
+    sentiment_score,
+    source_sentences,
+    target_sentences,
+    target_task,
+)
 
 TOML = Path(__file__).parent / "configs" / "transfer_distilbert.toml"
 DATASETS = ("synthetic_sentiment", "sst2")
@@ -108,165 +121,6 @@ class TextTransferConfig(RunConfig):
         require(self, checks)
 
 
-# ============================================================================ the generated language
-
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-PAD, UNK, CLS, SEP, MASK = range(len(SPECIALS))
-# Word classes and how many generated words each has; a word is the class name and an index.
-WORD_CLASSES = (("det", 8), ("noun", 60), ("verb", 20), ("cop", 6), ("pos", 20), ("neg", 20),
-                ("neu", 20), ("int", 6), ("not", 4), ("and", 3), ("but", 2), ("stop", 1))
-VOCAB = list(SPECIALS) + [f"{name}{i}" for name, n in WORD_CLASSES for i in range(n)]
-WORD_ID = {word: i for i, word in enumerate(VOCAB)}
-_WORDS = {name: [f"{name}{i}" for i in range(n)] for name, n in WORD_CLASSES}
-POLARITY = {**{w: 1 for w in _WORDS["pos"]}, **{w: -1 for w in _WORDS["neg"]}}
-BUT_WEIGHT = 3  # what follows "but" outweighs what precedes it
-INT_WEIGHT = 2  # an intensified adjective counts double
-GRAMMAR_VERSION = 2  # bump when the generator changes: it is part of the pretraining cache key
-
-# Sentence shape (both corpora): 1-3 clauses joined by "and"/"but" words, then "stop0".
-CLAUSES, CLAUSE_P = (1, 2, 3), (0.4, 0.4, 0.2)
-P_BUT = 0.35  # a conjunction is a "but" word
-P_COPULA = 0.5  # clause "det [int] [adj] noun cop [not] [int] adj", else "det [adj] noun verb det [adj] noun"
-P_ATTRIBUTE, P_NOT, P_INT = 0.4, 0.3, 0.25
-# Target task: every content word is drawn uniformly from its class, except that an adjective is a
-# sentiment word (positive or negative, equally likely) with probability P_SENTIMENT.
-P_SENTIMENT = 0.8
-# Source corpus: longer sentences with more adjectives, and a latent mood that colours the words, as
-# in real text: a clause followed by a "but" has the opposite mood with probability P_CONTRAST; an
-# adjective is neutral with probability P_NEUTRAL_SOURCE, else agrees with its clause's mood with
-# probability P_AGREE (a negated one by having the opposite polarity); a noun or verb comes from the
-# half of its class that leans to the clause's mood (even index: positive) with probability P_LEAN.
-CLAUSE_P_SOURCE, P_ATTRIBUTE_SOURCE = (0.2, 0.4, 0.4), 0.7
-P_NEUTRAL_SOURCE, P_AGREE, P_CONTRAST, P_LEAN = 0.2, 0.95, 0.8, 0.5
-
-
-def sentiment_score(words: list[str]) -> int:
-    """The target label's score: the weighted balance of positive and negative adjectives.
-
-    Scanning left to right, a positive adjective counts +1 and a negative one -1, times 2 after an
-    intensifier (``int*``), times -1 after a negation (``not*``; both apply to the next adjective
-    only, and a neutral adjective uses them up), times ``BUT_WEIGHT`` after a ``but*`` word.
-    """
-    score, weight, negated, intensified = 0, 1, False, False
-    for w in words:
-        if w.startswith("but"):
-            weight, negated, intensified = BUT_WEIGHT, False, False
-        elif w.startswith("and"):
-            negated, intensified = False, False
-        elif w.startswith("not"):
-            negated = True
-        elif w.startswith("int"):
-            intensified = True
-        elif w.startswith(("pos", "neg", "neu")):
-            score += weight * POLARITY.get(w, 0) * (INT_WEIGHT if intensified else 1) * (-1 if negated else 1)
-            negated, intensified = False, False
-    return score
-
-
-def _sentence(rng: random.Random, pick, clause_p=CLAUSE_P, p_attribute=P_ATTRIBUTE) -> list[str]:
-    """One sentence; ``pick(word_class, clause, joins, negated)`` draws its nouns, verbs, adjectives."""
-    n = rng.choices(CLAUSES, clause_p)[0]
-    joins = ["but" if rng.random() < P_BUT else "and" for _ in range(n - 1)]
-    words = []
-    for c in range(n):
-        if c:
-            words.append(rng.choice(_WORDS[joins[c - 1]]))
-
-        def adj(negated=False, c=c):
-            out = [rng.choice(_WORDS["int"])] if rng.random() < P_INT else []
-            return out + [pick("adj", c, joins, negated)]
-
-        def noun_phrase(c=c):
-            out = [rng.choice(_WORDS["det"])]
-            if rng.random() < p_attribute:
-                out += adj()
-            return out + [pick("noun", c, joins, False)]
-
-        if rng.random() < P_COPULA:
-            words += noun_phrase() + [rng.choice(_WORDS["cop"])]
-            negated = rng.random() < P_NOT
-            if negated:
-                words.append(rng.choice(_WORDS["not"]))
-            words += adj(negated)
-        else:
-            words += noun_phrase() + [pick("verb", c, joins, False)] + noun_phrase()
-    return words + ["stop0"]
-
-
-def target_sentences(n: int, seed: int) -> tuple[list[list[str]], list[int]]:
-    """The TARGET "sentiment" task: n sentences and labels 1 (score > 0) / 0 (score < 0).
-
-    Words are drawn independently of each other; sentences scoring 0 are redrawn.
-    """
-    rng = random.Random(f"target-{seed}")
-
-    def pick(word_class, clause, joins, negated):
-        if word_class != "adj":
-            return rng.choice(_WORDS[word_class])
-        if rng.random() < P_SENTIMENT:
-            return rng.choice(_WORDS["pos" if rng.random() < 0.5 else "neg"])
-        return rng.choice(_WORDS["neu"])
-
-    sentences, labels = [], []
-    while len(sentences) < n:
-        words = _sentence(rng, pick)
-        score = sentiment_score(words)
-        if score != 0:
-            sentences.append(words)
-            labels.append(int(score > 0))
-    return sentences, labels
-
-
-def source_sentences(n: int, seed: int) -> tuple[list[list[str]], list[int]]:
-    """The SOURCE corpus: n sentences whose words follow a latent mood, and the moods (1 = +, 0 = -).
-
-    Each sentence has a mood m = +-1, which its last "but" part carries; see ``P_CONTRAST``,
-    ``P_NEUTRAL_SOURCE``, ``P_AGREE`` and ``P_LEAN`` for how it colours the words.
-    """
-    rng = random.Random(f"source-{seed}")
-    sentences, moods = [], []
-    for _ in range(n):
-        mood = rng.choice((1, -1))
-        contrast = rng.random() < P_CONTRAST
-
-        def pick(word_class, clause, joins, negated, mood=mood, contrast=contrast):
-            clause_mood = -mood if contrast and "but" in joins[clause:] else mood
-            if word_class != "adj":
-                words = _WORDS[word_class]
-                if rng.random() < P_LEAN:
-                    words = words[0 if clause_mood > 0 else 1::2]
-                return rng.choice(words)
-            if rng.random() < P_NEUTRAL_SOURCE:
-                return rng.choice(_WORDS["neu"])
-            polarity = clause_mood if rng.random() < P_AGREE else -clause_mood
-            return rng.choice(_WORDS["pos" if polarity * (-1 if negated else 1) > 0 else "neg"])
-
-        sentences.append(_sentence(rng, pick, CLAUSE_P_SOURCE, P_ATTRIBUTE_SOURCE))
-        moods.append(int(mood > 0))
-    return sentences, moods
-
-
-def encode(sentences: list[list[str]], max_length: int) -> tuple[Tensor, Tensor]:
-    """Word lists -> ([CLS] words [SEP] padded with [PAD], attention mask), both int64 N x max_length.
-
-    Longer sentences are truncated (keeping [SEP] last), as a BERT tokenizer would.
-    """
-    ids = torch.full((len(sentences), max_length), PAD, dtype=torch.int64)
-    for i, words in enumerate(sentences):
-        row = [CLS] + [WORD_ID.get(w, UNK) for w in words][: max_length - 2] + [SEP]
-        ids[i, : len(row)] = torch.tensor(row)
-    return ids, (ids != PAD).long()
-
-
-def target_task(n_train: int, n_test: int, seed: int, max_length: int) -> dict[str, tuple[Tensor, ...]]:
-    """{"train", "test"}: (input_ids, attention_mask, labels) of the generated target task."""
-    out = {}
-    for split, n, s in (("train", n_train, 2 * seed), ("test", n_test, 2 * seed + 1)):
-        sentences, labels = target_sentences(n, s)
-        out[split] = (*encode(sentences, max_length), torch.tensor(labels, dtype=torch.int64))
-    return out
-
-
 # ============================================================================ tiny model and pretraining
 
 def tiny_config(cfg: TextTransferConfig):
@@ -284,40 +138,14 @@ def pretrain_spec(cfg: TextTransferConfig) -> dict:
     return dict(grammar_version=GRAMMAR_VERSION, vocab_size=len(VOCAB), max_length=cfg.max_length,
                 dim=cfg.tiny_dim, n_layers=cfg.tiny_layers, n_heads=cfg.tiny_heads,
                 hidden_dim=cfg.tiny_hidden, dropout=cfg.tiny_dropout, steps=cfg.pretrain_steps,
-                batch_size=cfg.pretrain_batch_size, lr=cfg.pretrain_lr, seed=cfg.pretrain_seed)
+                batch_size=cfg.pretrain_batch_size, lr=cfg.pretrain_lr, seed=cfg.pretrain_seed,
+                # The code that produces the weights: changed code never reuses an old cache.
+                code=code_key(sys.modules[__name__], source_sentences, pretraining))
 
 
 def pretrain_path(cfg: TextTransferConfig) -> Path:
     """results/<profile>/<experiment>/pretrained/tiny-distilbert-<hash of pretrain_spec>.pt"""
-    blob = json.dumps(pretrain_spec(cfg), sort_keys=True).encode()
-    key = hashlib.sha256(blob).hexdigest()[:12]
-    return cfg.run_dir / "pretrained" / f"tiny-distilbert-{key}.pt"
-
-
-def polarity_tags(words: list[str]) -> list[int]:
-    """The SOURCE task's labels: each word's polarity in context, 0 none, 1 positive, 2 negative.
-
-    A positive (negative) adjective is positive (negative), or the opposite right after a negation
-    (as in `sentiment_score`); every other word, neutral adjectives included, is 0.
-    """
-    tags, negated = [], False
-    for w in words:
-        polarity = POLARITY.get(w, 0) * (-1 if negated else 1)
-        tags.append(0 if polarity == 0 else 1 if polarity > 0 else 2)
-        if w.startswith("not"):
-            negated = True
-        elif w.startswith(("pos", "neg", "neu", "and", "but")):
-            negated = False
-    return tags
-
-
-def encode_tags(sentences: list[list[str]], max_length: int) -> Tensor:
-    """`polarity_tags` aligned with `encode`'s ids: int64 N x max_length, -100 at [CLS], [SEP], [PAD]."""
-    tags = torch.full((len(sentences), max_length), -100, dtype=torch.int64)
-    for i, words in enumerate(sentences):
-        row = polarity_tags(words)[: max_length - 2]
-        tags[i, 1 : 1 + len(row)] = torch.tensor(row, dtype=torch.int64)
-    return tags
+    return pretraining.cache_path(cfg.run_dir, pretrain_spec(cfg), prefix="tiny-distilbert-", digits=12)
 
 
 class SourceModel(nn.Module):
@@ -362,22 +190,22 @@ def pretrain(cfg: TextTransferConfig, log=print) -> dict:
         warmup = max(1, steps // 10)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
-        model.train()
-        for step in range(steps):
-            rows = slice(step * bs, (step + 1) * bs)
+
+        def loss(model: nn.Module, rows: slice) -> dict[str, Tensor]:
             batch_ids, batch_mask = trim(ids[rows], mask[rows])
             tag_logits, mood_logits = model(batch_ids, batch_mask)
-            tag_loss = F.cross_entropy(tag_logits.flatten(0, 1), tags[rows, : batch_ids.shape[1]].flatten())
-            mood_loss = F.cross_entropy(mood_logits, moods[rows])
-            opt.zero_grad(set_to_none=True)
-            (tag_loss + mood_loss).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            if (step + 1) % max(1, steps // 4) == 0:
-                log(f"pretraining tiny DistilBERT: step {step + 1}/{steps}, "
-                    f"token loss {tag_loss.item():.3f}, mood loss {mood_loss.item():.3f}")
-        model.eval()
+            token_labels = tags[rows, : batch_ids.shape[1]].flatten()
+            return {"token": F.cross_entropy(tag_logits.flatten(0, 1), token_labels),
+                    "mood": F.cross_entropy(mood_logits, moods[rows])}
+
+        def progress(step: int, losses: dict[str, Tensor]) -> None:
+            if step % max(1, steps // 4) == 0:
+                log(f"pretraining tiny DistilBERT: step {step}/{steps}, "
+                    f"token loss {losses['token'].item():.3f}, mood loss {losses['mood'].item():.3f}")
+
+        batches = [slice(step * bs, (step + 1) * bs) for step in range(steps)]  # one pass over fresh text
+        pretraining.fit(model, opt, [batches], loss, schedule=sched, schedule_every="step",
+                        clip_grad_norm=1.0, on_step=progress)
         held, held_moods = source_sentences(2000, cfg.pretrain_seed + 10**6)
         held_ids, held_mask = encode(held, cfg.max_length)
         held_tags = encode_tags(held, cfg.max_length)
@@ -401,16 +229,16 @@ def _percent(hits: Tensor) -> float:
 def pretrained_source_model(cfg: TextTransferConfig, log=print) -> dict:
     """`pretrain`'s result for this config: from the cache, else pretrained now and cached."""
     path = pretrain_path(cfg)
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    log(f"pretraining the tiny DistilBERT ({cfg.pretrain_steps} steps), cached at {path}")
-    result = pretrain(cfg, log)
-    log(f"pretrained in {result['seconds']:.1f} s; held-out source: word polarity "
-        f"{result['tag_accuracy']:.1f} % (sentiment words), mood {result['mood_accuracy']:.1f} %; "
-        f"zero-shot target accuracy {result['zero_shot_accuracy']:.1f} %")
-    with atomic_open(path, "wb") as f:
-        torch.save(result, f)
-    return result
+
+    def pretrain_and_log() -> dict:
+        log(f"pretraining the tiny DistilBERT ({cfg.pretrain_steps} steps), cached at {path}")
+        result = pretrain(cfg, log)
+        log(f"pretrained in {result['seconds']:.1f} s; held-out source: word polarity "
+            f"{result['tag_accuracy']:.1f} % (sentiment words), mood {result['mood_accuracy']:.1f} %; "
+            f"zero-shot target accuracy {result['zero_shot_accuracy']:.1f} %")
+        return result
+
+    return pretraining.cached(path, pretrain_and_log)
 
 
 def pretrained_encoder(cfg: TextTransferConfig, log=print) -> dict[str, Tensor]:
@@ -425,7 +253,7 @@ def _log(message: str) -> None:
 
 # ============================================================================ paper profile: hub + SST-2
 
-class HubUnavailable(RuntimeError):
+class HubUnavailable(errors.UserError, RuntimeError):
     """The pretrained model or tokenizer could not be loaded from the Hugging Face hub or its cache."""
 
     def __init__(self, name: str, err: BaseException):
@@ -498,16 +326,15 @@ class TextTransfer(runner.Task):
             return sst2_tensors(folder, load_tokenizer(cfg.pretrained), cfg.max_length)
         return target_task(cfg.n_train, cfg.n_test, cfg.data_seed, cfg.max_length)
 
-    def train_tensors(self, cfg: TextTransferConfig, device: torch.device) -> tuple[Tensor, ...]:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        data = self._data(cfg)
+    def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
+        data = self._data(self.cfg)  # (cfg.threads is set by the runner, before any tensor work)
         # Sorted by length, so that trimming the padding of each evaluation batch saves the most.
         order = torch.argsort(data["test"][1].sum(1), stable=True)
         self.test = tuple(t[order].to(device) for t in data["test"])
         return tuple(t.to(device) for t in data["train"])
 
-    def build_model(self, cfg: TextTransferConfig) -> nn.Module:
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
         if cfg.dataset == "sst2":
             return load_classifier(cfg.pretrained, cfg.init)
         from transformers import DistilBertForSequenceClassification
@@ -528,11 +355,11 @@ class TextTransfer(runner.Task):
         ids, mask, y = batch
         return F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, y)
 
-    def evaluate(self, model: nn.Module, cfg: TextTransferConfig, device) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, device) -> dict[str, float]:
         ids, mask, y = self.test
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        for start in range(0, len(y), cfg.eval_batch_size):
-            rows = slice(start, start + cfg.eval_batch_size)
+        for start in range(0, len(y), self.cfg.eval_batch_size):
+            rows = slice(start, start + self.cfg.eval_batch_size)
             logits = model(input_ids=(t := trim(ids[rows], mask[rows]))[0], attention_mask=t[1]).logits
             correct += (logits.argmax(-1) == y[rows]).sum()
         return {"test_accuracy": 100.0 * correct.item() / len(y)}
@@ -547,4 +374,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.cli(main)

@@ -1,18 +1,20 @@
 """Plotting scripts: tidy CSVs under results/<profile>/ -> the paper's figures.
 
-Every script takes ``--profile quick|paper`` and ``--results-dir`` (`results_root`) and writes
+Every script takes ``--profile quick|cpu|paper`` and ``--results-dir`` (`results_root`) and writes
 ``results/<profile>/figures/<name>.{png,pdf}`` plus the table behind the figure as ``<name>.csv``
-(`save`).
+(`save`). Their shared look (names, colours, notes) is `figures.style`.
 """
 
 import argparse
 from pathlib import Path
 
+from experiments.config import PROFILES
+
 
 def results_root(description: str, argv=None) -> Path:
-    """Parse ``[--profile quick|paper] [--results-dir DIR]``; return ``DIR/<profile>``."""
+    """Parse ``[--profile quick|cpu|paper] [--results-dir DIR]``; return ``DIR/<profile>``."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--profile", default="quick", choices=("quick", "paper"))
+    parser.add_argument("--profile", default="quick", choices=PROFILES)
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
     return Path(args.results_dir) / args.profile

@@ -1,7 +1,7 @@
 """Convergence-check figure: measured (1/T) sum |grad f(theta_t)|^2 against the bound of Theorem B.4,
 from results/<profile>/convergence/convergence.csv (``python -m experiments.convergence``).
 
-    python -m figures.convergence [--profile quick|paper] [--results-dir results]
+    python -m figures.convergence [--profile quick|cpu|paper] [--results-dir results]
 
 Left: against k at the largest T (vanilla SGD beside k = 1). Right: against T, one colour per k.
 Measured values are means over seeds (bars: sd); the bound is drawn dashed, and dotted with M
@@ -10,14 +10,10 @@ Writes results/<profile>/figures/convergence.{png,pdf}.
 """
 
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only: runs on clusters and in CI without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from figures import results_root, save  # noqa: E402
+from figures import results_root, save, style
+from figures.style import plt
 
 
 def plot(rows: pd.DataFrame):
@@ -39,7 +35,8 @@ def plot(rows: pd.DataFrame):
     left.set_xticks(sorted(at_T.k.unique()), labels=[str(k) for k in sorted(at_T.k.unique())])
     left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 
-    colours = dict(zip(sorted(multirate.k.unique()), sns.color_palette("viridis", multirate.k.nunique())))
+    ks = sorted(multirate.k.unique())
+    colours = dict(zip(ks, plt.get_cmap("viridis")([i / max(len(ks) - 1, 1) for i in range(len(ks))])))
     for k, part in multirate.groupby("k"):
         right.errorbar(part["T"], part.measured, yerr=part.measured_sd, marker="o", ms=3, capsize=2,
                        color=colours[k], label=f"k = {k}")
@@ -48,9 +45,9 @@ def plot(rows: pd.DataFrame):
     right.set(xscale="log", yscale="log", xlabel="T (steps)", ylabel="(1/T) Σ |∇f(θ_t)|²",
               title="measured (solid) and bound (dashed)")
     right.legend(fontsize=8)
-    fig.suptitle(f"Logistic regression: L = {first.L:.3g}, M = {first.M:.3g}, h = {first.h:g}, "
-                 f"ℓ = {int(first.groups)}, {int(first.seeds)} seeds", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"Logistic regression on generated data: L = {first.L:.3g}, M = {first.M:.3g}, "
+                 f"h = {first.h:g}, ℓ = {int(first.groups)}")
+    style.finish(fig, f"measured: {style.seeds_note([first.seeds])} (bars) · bounds: Theorem B.4")
     return fig
 
 
@@ -63,4 +60,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

@@ -1,7 +1,7 @@
 """Patch-augmented data figure: clean, patched and patch-only test accuracy vs epoch (mean ± sd over
 seeds), one panel each, as in the paper's Figure 2, from the CSVs under results/<profile>/patch/.
 
-    python -m figures.patch [--profile quick|paper] [--results-dir results]
+    python -m figures.patch [--profile quick|cpu|paper] [--results-dir results]
 
 Writes results/<profile>/figures/patch.{png,pdf}, and patch.csv: the final accuracies per method and
 seed and their mean and sd over seeds (seed "mean" and "sd" rows), which it also prints.
@@ -9,27 +9,36 @@ seed and their mean and sd over seeds (seed "mean" and "sd" rows), which it also
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only: runs on clusters and in CI without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from experiments.runlog import last_epoch, read_results  # noqa: E402
-from figures import results_root, save  # noqa: E402
+from experiments.runlog import last_epoch, no_complete_runs, read_results, read_runs
+from figures import results_root, save, style
+from figures.style import plt
 
 PANELS = {"clean_accuracy": "clean test images", "patched_accuracy": "test images with patch",
           "patch_only_accuracy": "patch-only images"}
 ORDER = ("small_lr", "large_lr", "multirate")  # the paper's three; other methods follow, sorted
+CHANCE = 10.0  # %: ten classes (CIFAR-10, and the generated task)
 
 
 def load(folder: Path) -> pd.DataFrame:
-    """The accuracy rows of every complete run."""
+    """The accuracy rows of every complete run, with the run's step size h (lr) and dataset."""
     rows = read_results(folder, only_complete=True)
     if rows.empty:
-        raise SystemExit(f"no complete runs under {folder}: run the experiments first")
-    return rows[rows.metric.isin(list(PANELS))]
+        raise SystemExit(no_complete_runs(folder))
+    runs = read_runs(folder)
+    for column, default in (("lr", float("nan")), ("dataset", "")):
+        if column not in runs:
+            runs[column] = default
+    return rows[rows.metric.isin(list(PANELS))].merge(runs[["run", "lr", "dataset"]], on="run")
+
+
+def label(method: str, rows: pd.DataFrame) -> str:
+    """The paper's legend: a constant step size as "h = 0.004" (the runs' lr), else the method's name."""
+    lrs = rows[rows.method == method].lr.dropna().unique()
+    if not style.is_multirate(method) and len(lrs) == 1:
+        return f"h = {lrs[0]:g}"
+    return style.name(method)
 
 
 def final_table(acc: pd.DataFrame) -> pd.DataFrame:
@@ -45,17 +54,20 @@ def final_table(acc: pd.DataFrame) -> pd.DataFrame:
             .sort_values(["method", "seed"]).reset_index(drop=True)[["method", "seed", *PANELS]])
 
 
-def plot(acc: pd.DataFrame):
-    present = set(acc.method)
-    methods = [m for m in ORDER if m in present] + sorted(present - set(ORDER))
-    colours = dict(zip(methods, sns.color_palette("tab10", len(methods))))
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(14, 4.2))
+def plot(acc: pd.DataFrame, profile: str = "quick"):
+    methods = style.ordered(acc.method.unique(), ORDER)
+    colours = style.palette(methods, style.PATCH_COLOURS)
+    labels = {m: label(m, acc) for m in methods}
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(14, 4.6))
     for ax, (metric, title) in zip(axes, PANELS.items()):
-        sns.lineplot(acc[acc.metric == metric], x="epoch", y="value", hue="method", hue_order=methods,
-                     palette=colours, errorbar="sd", ax=ax, legend=ax is axes[0])
-        ax.set(title=title, ylabel="accuracy (%)", ylim=(0, 100))
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
+        style.mean_sd(ax, acc[acc.metric == metric], methods, colours, labels)
+        style.chance(ax, CHANCE)
+        ax.set(title=title, xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
+        style.legend(ax)  # "best": where it hides the fewest points (the curves differ per panel)
+    seeds = acc.groupby("method").seed.nunique()
+    fig.suptitle(f"WideResNet-16, patch-augmented {style.data_name(sorted(set(acc.dataset))[0])}"
+                 if acc.dataset.nunique() == 1 else "WideResNet-16, patch-augmented data")
+    style.finish(fig, f"{style.seeds_note(seeds)} · {style.data_note(acc.dataset, profile)}")
     return fig
 
 
@@ -64,8 +76,10 @@ def main(argv=None):
     acc = load(root / "patch")
     table = final_table(acc)
     print(table.to_string(index=False, float_format="%.2f"))
-    save(plot(acc), table, root, "patch")
+    save(plot(acc, root.name), table, root, "patch")
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

@@ -2,7 +2,7 @@
 the perceptron, per method (mean ± sd over seeds), from the CSVs under
 results/<profile>/regularization_lm/ and results/<profile>/regularization_mlp/.
 
-    python -m figures.regularization [--profile quick|paper] [--results-dir results]
+    python -m figures.regularization [--profile quick|cpu|paper] [--results-dir results]
 
 Writes results/<profile>/figures/regularization.{png,pdf} and prints (and saves as
 regularization.csv) the summary: per experiment and method, means over seeds of the minimum
@@ -13,19 +13,15 @@ Either experiment may be missing; the figure then has only the other panel.
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only: runs on clusters and in CI without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from experiments.runlog import read_results  # noqa: E402
-from figures import results_root, save  # noqa: E402
+from experiments.runlog import no_complete_runs, read_results, read_runs
+from figures import results_root, save, style
+from figures.style import plt
 
 METHODS = ("sgd", "dropout", "multirate")  # plotting order; other methods follow
-TITLES = {"regularization_lm": "Transformer LM: validation loss",
-          "regularization_mlp": "One-hidden-layer perceptron: test accuracy"}
+TITLES = {"regularization_lm": "Transformer LM, {data}: validation loss",
+          "regularization_mlp": "One-hidden-layer perceptron, {data}: test accuracy"}
 PANELS = {"regularization_lm": ("val_loss", "validation loss (nats/token)"),
           "regularization_mlp": ("test_accuracy", "test accuracy (%)")}
 
@@ -35,8 +31,7 @@ def load(root: Path) -> dict[str, pd.DataFrame]:
     found = {name: read_results(root / name, only_complete=True) for name in PANELS}
     found = {name: rows for name, rows in found.items() if not rows.empty}
     if not found:
-        raise SystemExit(f"no complete runs under {root}/regularization_lm or {root}/regularization_mlp: "
-                         "run the experiments first")
+        raise SystemExit("; ".join(no_complete_runs(root / name) for name in PANELS))
     return found
 
 
@@ -83,32 +78,48 @@ def summarise(found: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return summary[["experiment", "method", *values, "seeds"]]
 
 
-def plot(found: dict[str, pd.DataFrame]):
+def datasets(root: Path, found: dict[str, pd.DataFrame]) -> dict[str, set[str]]:
+    """The `dataset` field of each experiment's runs (from their JSONs)."""
+    out = {}
+    for name in found:
+        runs = read_runs(root / name)
+        out[name] = set(runs.dataset) if "dataset" in runs else {""}
+    return out
+
+
+def plot(found: dict[str, pd.DataFrame], data: dict[str, set[str]] | None = None, profile: str = "quick"):
     names = [n for n in PANELS if n in found]
-    methods = sorted({m for rows in found.values() for m in rows.method},
-                     key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
-    colours = dict(zip(methods, sns.color_palette("tab10", len(methods))))
-    fig, axes = plt.subplots(1, len(names), figsize=(5.6 * len(names), 4.2), squeeze=False)
+    data = data or {name: {""} for name in names}
+    methods = style.ordered({m for rows in found.values() for m in rows.method}, METHODS)
+    colours = style.palette(methods)
+    labels = {m: style.name(m) for m in methods}
+    fig, axes = plt.subplots(1, len(names), figsize=(5.8 * len(names), 4.6), squeeze=False)
+    seeds = []
     for ax, name in zip(axes[0], names):
         metric, label = PANELS[name]
-        rows = found[name]
-        sns.lineplot(rows[rows.metric == metric], x="epoch", y="value", hue="method", hue_order=methods,
-                     palette=colours, errorbar="sd", ax=ax)
+        rows = found[name][found[name].metric == metric]
+        present = [m for m in methods if m in set(rows.method)]
+        style.mean_sd(ax, rows, present, colours, labels)
+        seeds += list(rows.groupby("method").seed.nunique())
         if metric == "val_loss":  # mark each method's minimum of the mean curve
-            mean = rows[rows.metric == metric].groupby(["method", "epoch"]).value.mean()
+            mean = rows.groupby(["method", "epoch"]).value.mean()
             for method, curve in mean.groupby(level="method"):
                 epoch = curve.droplevel("method").idxmin()
-                ax.plot(epoch, curve.min(), "v", color=colours[method], markersize=7)
+                ax.plot(epoch, curve.min(), "v", color=colours[method], markersize=8, zorder=5,
+                        markeredgecolor="k")
+            ax.plot([], [], "v", color="0.6", markeredgecolor="k", markersize=8, label="minimum of the mean")
             # From the lowest minimum to the highest final loss: the first epochs' high losses
             # would flatten the part that matters.
             lo, hi = mean.min(), mean.groupby(level="method").last().max()
             ax.set_ylim(lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo))
         else:
-            final = rows[(rows.metric == metric) & (rows.epoch > rows.epoch.max() // 10)].value
+            final = rows[rows.epoch > rows.epoch.max() // 10].value
             ax.set_ylim(final.min() - 0.5, final.max() + 0.5)
-        ax.set(title=TITLES[name], ylabel=label)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
+        ax.set(title=TITLES[name].format(data=style.data_name(sorted(data[name])[0]) if len(data[name]) == 1
+                                         else "mixed data"), xlabel="epoch", ylabel=label)
+        style.legend(ax)
+    datasets_shown = [d for name in names for d in data[name]]
+    style.finish(fig, f"{style.seeds_note(seeds)} · {style.data_note(datasets_shown, profile)}")
     return fig
 
 
@@ -116,11 +127,13 @@ def main(argv=None):
     root = results_root(__doc__.splitlines()[0], argv)
     found = load(root)
     summary = summarise(found)
-    save(plot(found), summary, root, "regularization")
+    save(plot(found, datasets(root, found), root.name), summary, root, "regularization")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         for _, table in summary.groupby("experiment", sort=False):
             print(table.dropna(axis=1, how="all").to_string(index=False, float_format="%.4g"))
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

@@ -1,7 +1,7 @@
 """Transfer-learning figure: test accuracy vs epoch (mean ± sd over seeds) and final test accuracy
 vs total training time, one column per model, from the CSVs under results/<profile>/transfer/.
 
-    python -m figures.transfer [--profile quick|paper] [--results-dir results]
+    python -m figures.transfer [--profile quick|cpu|paper] [--results-dir results]
 
 Writes results/<profile>/figures/transfer.{png,pdf} and prints (and saves as transfer.csv) the
 table behind the lower row: per model and method, the final accuracy and training time over seeds.
@@ -9,21 +9,19 @@ table behind the lower row: per model and method, the final accuracy and trainin
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only: runs on clusters and in CI without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from experiments.runlog import last_epoch, no_complete_runs, read_results, read_runs
+from figures import results_root, save, style
+from figures.style import plt
 
-from experiments.runlog import last_epoch, read_results, read_runs  # noqa: E402
-from figures import results_root, save  # noqa: E402
-
-TITLES = {
-    "resnet50": "ResNet-50 on CIFAR-100",
-    "resnet34": "ResNet-34 on CIFAR-10",
-    "distilbert": "DistilBERT on SST-2",
-}
+MODELS = {"resnet50": "ResNet-50", "resnet34": "ResNet-34", "small_resnet": "Small ResNet",
+          "distilbert": "DistilBERT"}
+# The data set a model's runs use when their `dataset` is "" (experiments.transfer's defaults).
+DEFAULT_DATA = {"resnet50": "cifar100", "resnet34": "cifar10", "small_resnet": "generated"}
+ORDER = ("multirate", "train_all", "layer2+3+4+fc", "layer3+4+fc", "layer4+fc", "fc",
+         "distilbert_multirate", "distilbert_multirate_l5", "distilbert_train_all", "distilbert_train_345",
+         "distilbert_train_45", "distilbert_train_5", "distilbert_head_only")  # the paper's legend order
 METRIC = "test_accuracy"
 
 
@@ -31,10 +29,13 @@ def load(folder: Path) -> pd.DataFrame:
     """The accuracy rows of every complete run, with the run's model and dataset."""
     rows = read_results(folder, only_complete=True)
     if rows.empty:
-        raise SystemExit(f"no complete runs under {folder}: run the experiments first")
+        raise SystemExit(no_complete_runs(folder))
     runs = read_runs(folder)
-    keep = [c for c in ("run", "model", "dataset") if c in runs.columns]
-    return rows[rows.metric == METRIC].merge(runs[keep], on="run")
+    for column in ("model", "dataset"):
+        if column not in runs:
+            runs[column] = ""
+    runs["dataset"] = [d or DEFAULT_DATA.get(m, "") for m, d in zip(runs.model, runs.dataset.fillna(""))]
+    return rows[rows.metric == METRIC].merge(runs[["run", "model", "dataset"]], on="run")
 
 
 def summarise(acc: pd.DataFrame) -> pd.DataFrame:
@@ -46,25 +47,37 @@ def summarise(acc: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
-def plot(acc: pd.DataFrame, summary: pd.DataFrame, title_of=TITLES):
+def title(model: str, datasets) -> str:
+    """"ResNet-50, CIFAR-100 data" as the paper; a stand-in model on generated data says so."""
+    data = style.data_name(sorted(datasets)[0]) if len(datasets) == 1 else "mixed data"
+    small = model == "distilbert" and data == "generated data"  # the quick profile's tiny DistilBERT
+    return f"{'Tiny ' if small else ''}{MODELS.get(model, model)}, {data}"
+
+
+def plot(acc: pd.DataFrame, summary: pd.DataFrame, profile: str = "quick"):
     present = set(acc.model)
-    models = [m for m in title_of if m in present] + sorted(present - set(title_of))
-    methods = sorted(acc.method.unique())
-    colours = dict(zip(methods, sns.color_palette("tab10", len(methods))))
-    fig, axes = plt.subplots(2, len(models), figsize=(4.8 * len(models), 8), squeeze=False)
+    models = [m for m in MODELS if m in present] + sorted(present - set(MODELS))
+    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models), 8.2), squeeze=False)
     for col, model in enumerate(models):
+        rows = acc[acc.model == model]
+        methods = style.ordered(rows.method.unique(), ORDER)
+        colours = style.palette(methods)
+        labels = {m: style.name(m) for m in methods}
         top, bottom = axes[0, col], axes[1, col]
-        sns.lineplot(acc[acc.model == model], x="epoch", y="value", hue="method", palette=colours,
-                     errorbar="sd", ax=top, legend=col == 0)
-        top.set(title=title_of.get(model, model), ylabel="test accuracy (%)")
-        for _, r in summary[summary.model == model].iterrows():
-            bottom.errorbar(r.time_s, r.accuracy, xerr=r.time_s_sd, yerr=r.accuracy_sd, fmt="o",
-                            color=colours[r.method], capsize=3)
-            bottom.annotate(r.method, (r.time_s, r.accuracy), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
-        bottom.set(xlabel="training time (s)", ylabel="final test accuracy (%)")
-        bottom.grid(alpha=0.3)
-    fig.tight_layout()
+        style.mean_sd(top, rows, methods, colours, labels)
+        top.set(title=title(model, set(rows.dataset)), xlabel="epoch", ylabel="test accuracy (%)")
+        style.legend(top, loc="lower right")
+        for method in methods:  # the legend, not annotations, names the points: they never overlap
+            r = summary[(summary.model == model) & (summary.method == method)].iloc[0]
+            bottom.errorbar(r.time_s, r.accuracy, xerr=r.time_s_sd, yerr=r.accuracy_sd, color=colours[method],
+                            linestyle="none", capsize=3, linewidth=1)
+            bottom.plot(r.time_s, r.accuracy, color=colours[method], linestyle="none", label=labels[method],
+                        **style.marker_style(method))
+        bottom.set(title=f"final accuracy vs training time, {MODELS.get(model, model)}",
+                   xlabel="training time (s)", ylabel="final test accuracy (%)")
+        style.legend(bottom)
+    style.finish(fig, f"{style.seeds_note(summary.seeds)} (bands and bars) · "
+                      f"{style.data_note(acc.dataset, profile)}")
     return fig
 
 
@@ -73,8 +86,10 @@ def main(argv=None):
     acc = load(root / "transfer")
     summary = summarise(acc)
     print(summary.to_string(index=False, float_format="%.2f"))
-    save(plot(acc, summary), summary, root, "transfer")
+    save(plot(acc, summary, root.name), summary, root, "transfer")
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import errors
+
+    errors.cli(main)

@@ -1,9 +1,9 @@
 """Multirate training of neural networks (Vlaar & Leimkuhler, ICML 2022)."""
 
 from multirate import partition
-from multirate.adamw import MultirateAdamW
-from multirate.optimizer import Multirate
+from multirate.adamw import MultirateAdam, MultirateAdamW
+from multirate.optimizer import Multirate, check_hyperparameters
 from multirate.step import TrainStep
 
-__all__ = ["Multirate", "MultirateAdamW", "TrainStep", "partition"]
+__all__ = ["Multirate", "MultirateAdam", "MultirateAdamW", "TrainStep", "check_hyperparameters", "partition"]
 __version__ = "0.1.0"

@@ -1,11 +1,8 @@
 """Multirate AdamW: the multirate cycle of :class:`multirate.Multirate` on top of AdamW."""
 
-from numbers import Integral
-
 import torch
-from torch.optim import Optimizer
 
-from multirate.optimizer import Multirate, _by_device_and_dtype, move
+from multirate.optimizer import Multirate, _by_device_and_dtype, _check_common
 
 
 class MultirateAdamW(Multirate):
@@ -64,55 +61,61 @@ class MultirateAdamW(Multirate):
 
     def __init__(self, params, lr=1e-3, k=1, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  linear_drift=True, foreach=None):
-        defaults = dict(rate=None, lr=lr, k=k, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        linear_drift=linear_drift, foreach=foreach, step=0)
-        # Multirate.__init__ would set the SGD base's defaults; the cycle logic is all inherited.
-        Optimizer.__init__(self, params, defaults)
-        if not any(group["rate"] == "fast" for group in self.param_groups):
-            raise ValueError("MultirateAdamW needs a param group with rate 'fast'; "
-                             "with only slow parameters nothing would take fast steps")
+        self._setup(params, dict(lr=lr, k=k, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                 linear_drift=linear_drift, foreach=foreach))
 
     def _check_group(self, group, index):
         where = f"param group {index}"
         if group["rate"] not in ("slow", "fast"):
             raise ValueError(f"{where}: rate must be 'slow' or 'fast' (random subgroups need the SGD "
                              f"base, Multirate), got {group['rate']!r}")
-        k = group["k"]
-        if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
-            raise ValueError(f"{where}: k must be a positive integer, got {k!r}")
-        if not group["lr"] >= 0:
-            raise ValueError(f"{where}: lr must be non-negative, got {group['lr']!r}")
+        _check_common(group, where)
         if len(group["betas"]) != 2 or not all(0 <= b < 1 for b in group["betas"]):
             raise ValueError(f"{where}: betas must be two numbers in [0, 1), got {group['betas']!r}")
         if not group["eps"] >= 0:
             raise ValueError(f"{where}: eps must be non-negative, got {group['eps']!r}")
-        if not group["weight_decay"] >= 0:
-            raise ValueError(f"{where}: weight_decay must be non-negative, got {group['weight_decay']!r}")
 
-    def _layer_step(self, group, slow_step):
-        lr, k, foreach = group["lr"], group["k"], group["foreach"] is not False
-        fast = group["rate"] == "fast"
-        if fast or slow_step:
-            params = [p for p in group["params"] if p.grad is not None]
-            states = [self.state[p] for p in params]
-            for p, state in zip(params, states):
-                if "exp_avg" not in state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            directions = adamw_directions(params, [p.grad for p in params], states, betas=group["betas"],
-                                          eps=group["eps"], weight_decay=group["weight_decay"],
-                                          foreach=foreach)
-            if not fast:
-                for state, d in zip(states, directions):
-                    state["direction"] = d
-        if fast:
-            move(params, directions, lr / k, foreach=foreach)
-        elif group["linear_drift"]:
-            drifting = [p for p in group["params"] if "direction" in self.state[p]]
-            move(drifting, [self.state[p]["direction"] for p in drifting], lr / k, foreach=foreach)
-        elif slow_step:
-            move(params, directions, lr, foreach=foreach)
+    def _directions(self, group, params, *, slow, foreach):
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if "exp_avg" not in state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        directions = self._base_directions(group, params, states, foreach)
+        if slow:
+            for state, d in zip(states, directions):
+                state["direction"] = d
+        return directions
+
+    def _base_directions(self, group, params, states, foreach):
+        return adamw_directions(params, [p.grad for p in params], states, betas=group["betas"],
+                                eps=group["eps"], weight_decay=group["weight_decay"], foreach=foreach)
+
+    def _frozen_key(self, group):
+        return "direction"
+
+
+class MultirateAdam(MultirateAdamW):
+    r"""Multirate training with Adam (coupled L2, as ``torch.optim.Adam(weight_decay=...)``) as base.
+
+    The cycle and the moments are those of :class:`MultirateAdamW`; only the direction differs:
+    the decay is added to the gradient before the moments see it, :math:`g \leftarrow g +
+    \lambda\theta`, and :math:`d = \hat m / (\sqrt{\hat v} + \epsilon)`. With ``k=1`` the iterates
+    are those of ``torch.optim.Adam(lr, betas, eps, weight_decay)`` up to rounding.
+    """
+
+    def __init__(self, params, lr=1e-3, k=1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 linear_drift=True, foreach=None):
+        super().__init__(params, lr=lr, k=k, betas=betas, eps=eps, weight_decay=weight_decay,
+                         linear_drift=linear_drift, foreach=foreach)
+
+    def _base_directions(self, group, params, states, foreach):
+        grads = [p.grad for p in params]
+        if group["weight_decay"] != 0:
+            grads = [g.add(p, alpha=group["weight_decay"]) for g, p in zip(grads, params)]
+        return adamw_directions(params, grads, states, betas=group["betas"], eps=group["eps"],
+                                weight_decay=0.0, foreach=foreach)
 
 
 def adamw_directions(params, grads, states, *, betas, eps, weight_decay, foreach):

@@ -72,6 +72,16 @@ def random_subgroups(model: nn.Module, slow_fraction: float = 0.5, seed: int = 0
     return groups
 
 
+def random_split(model: nn.Module, slow_fraction: float = 0.5, seed: int = 0) -> list[dict]:
+    """A fixed random elementwise split: in every trainable tensor, ``round(slow_fraction * n)``
+    of its ``n`` entries are slow and the others fast, drawn once from ``seed`` (kept in the
+    optimizer's state) and never zeroed. Fast entries step with h/k on every step; slow entries
+    are slow parameters (linear drift, or a jump of h on slow steps without it).
+    """
+    return [dict(params=list(_trainable(model).values()), rate="split", slow_fraction=slow_fraction,
+                 seed=seed)]
+
+
 def _trainable(model):
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 

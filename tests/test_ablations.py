@@ -7,12 +7,9 @@ from experiments import ablations
 from experiments.ablations import ABLATIONS, Variant, ablation_results_dir, run_ablation, variant_config
 from experiments.runlog import RunLog
 from figures import ablations as figure
-from tests.test_transfer import TINY
+from tests.helpers import TRANSFER_TINY as TINY
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("MULTIRATE_DATA", str(tmp_path / "data"))
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py
 
 
 def configs(name, tmp_path, profile="quick", seed=0):
@@ -37,7 +34,9 @@ def test_drift_pairs_differ_only_in_drift(tmp_path):
     for setting, k in (("transfer SGD", 5), ("transfer AdamW", 5), ("patch", 25)):
         on, off = cfgs[f"{setting} drift"], cfgs[f"{setting} no drift"]
         assert on.linear_drift and not off.linear_drift and on.k == off.k == k
-        assert {**vars(on), "linear_drift": None} == {**vars(off), "linear_drift": None}
+        # `variant` is the label of each (its W&B group), not part of the run's identity.
+        assert {**vars(on), "linear_drift": None, "variant": None} == {**vars(off), "linear_drift": None,
+                                                                       "variant": None}
     assert cfgs["patch drift"].experiment == "patch" and cfgs["patch drift"].lr == 0.1
 
 
@@ -70,7 +69,7 @@ def test_tiny_ablation_run_lands_in_its_folder_and_is_not_repeated(tmp_path, mon
     assert [p.name for p in folder.glob("*.csv")] == [f"{results[0]['run_name']}.csv"]
     assert not (tmp_path / "quick").exists()  # nothing in the figures' experiment folders
     assert [r["model"] for r in run_ablation("tiny", "quick", [0], tmp_path)] == [None]  # skipped
-    final = figure.final_rows("tiny", tmp_path, "quick")
+    final = ablations.final_rows("tiny", tmp_path, "quick")
     assert list(final.k) == [2] and list(final.metric) == ["test_accuracy"]
 
 
@@ -80,7 +79,8 @@ def test_pretrained_network_is_shared_between_ablations(tmp_path, monkeypatch):
     monkeypatch.setitem(ABLATIONS, "two", [variant])
     run_ablation("one", "quick", [0], tmp_path)
     calls = []
-    monkeypatch.setattr("experiments.transfer._pretrain", lambda *a: calls.append(a))
+    # The shared training loop, not transfer._pretrain: the cache key hashes _pretrain's source file.
+    monkeypatch.setattr("experiments.pretraining.fit", lambda *a, **k: calls.append(a))
     run_ablation("two", "quick", [0], tmp_path)
     assert calls == []  # copied from ablation "one", not pretrained again
 

@@ -143,7 +143,7 @@ def test_bad_value_names_key(tmp_path, text, overrides, key):
     ("k=0", "k"), ("lr=-0.1", "lr"), ("lr=nan", "lr"), ("epochs=0", "epochs"),
     ("batch_size=0", "batch_size"), ("optimizer=adam", "optimizer"), ("schedule=linear", "schedule"),
     ("wandb=maybe", "wandb"), ("eval_every=0", "eval_every"), ("slow_fraction=1.5", "slow_fraction"),
-    ("train=", "train"),
+    ("train=", "train"), ("momentum=1.5", "momentum"), ("momentum=1", "momentum"),
 ])
 def test_impossible_values(tmp_path, override, key):
     with pytest.raises(ValueError, match=f"invalid {key}="):
@@ -195,3 +195,21 @@ def test_parse_cli():
 def test_parse_cli_errors(argv, capsys):
     with pytest.raises(SystemExit):
         parse_cli(argv)
+
+
+def test_a_named_layer_is_named_in_errors(tmp_path):
+    """A sweep's [fixed] table passes its overrides as a named layer, so a typo there is reported as
+    that table, not as the command line."""
+    path = write(tmp_path, "")
+    fixed = ("sweeps/lr.toml [fixed]", ["epochs=2", "lr=0.3"])
+    cfg = load_config(RunConfig, path, "quick", "m", ["lr=0.4"], layers=[fixed])
+    assert (cfg.epochs, cfg.lr) == (2, 0.4)  # the command line still wins
+    where = "'epoch' in sweeps/lr.toml [fixed]; did you mean 'epochs'"
+    with pytest.raises(ValueError, match=re.escape(where)):
+        load_config(RunConfig, path, "quick", "m", [], layers=[("sweeps/lr.toml [fixed]", ["epoch=2"])])
+
+
+def test_a_malformed_toml_names_the_file(tmp_path):
+    path = write(tmp_path, "lr = 0.1\n[quick\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not valid TOML")):
+        load_config(RunConfig, path, "quick", "m")

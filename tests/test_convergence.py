@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from experiments import convergence
+from experiments.config import RunConfig, experiment_config, load_config
 from experiments.convergence import (
     ConvergenceConfig,
     bound,
@@ -111,3 +112,14 @@ def test_main_writes_csv(tmp_path, capsys):
 def test_steps_must_be_multiples_of_k(tmp_path):
     with pytest.raises(ValueError, match="invalid steps="):
         small_config(tmp_path, ks=[1, 4], steps=[30])
+
+
+def test_config_is_a_run_config_read_from_its_toml(tmp_path):
+    """One config style: a RunConfig subclass with its TOML, found as every experiment's is."""
+    config_cls, toml = experiment_config(convergence)
+    assert config_cls is ConvergenceConfig and issubclass(config_cls, RunConfig) and toml == convergence.TOML
+    cfg = load_config(config_cls, toml, "quick", "all", [f"results_dir={tmp_path}"])
+    assert (cfg.lr, cfg.momentum, cfg.ks, cfg.steps, cfg.seeds) == (1.0, 0.0, [1, 2, 5, 10],
+                                                                    [100, 300, 1000, 3000], [0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="invalid momentum=0.9"):
+        small_config(tmp_path, momentum=0.9)

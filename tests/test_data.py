@@ -11,6 +11,7 @@ import os
 import pickle
 import socket
 import struct
+import sys
 import tarfile
 import threading
 import zipfile
@@ -302,6 +303,7 @@ def test_batchify_and_windows():
 def test_fetch_ptb_trusts_on_first_use(tmp_path, monkeypatch):
     make_ptb(tmp_path / "src")
     monkeypatch.setattr(data, "PTB_URL", (tmp_path / "src").as_uri() + "/")
+    monkeypatch.setattr(data, "PTB_MD5", {})  # files without a published checksum
     folder = fetch_ptb(tmp_path / "root")
     assert folder == tmp_path / "root" / "ptb"
     assert load_ptb(folder).train.tolist() == load_ptb(tmp_path / "src").train.tolist()
@@ -311,6 +313,20 @@ def test_fetch_ptb_trusts_on_first_use(tmp_path, monkeypatch):
     (tmp_path / "src" / "ptb.valid.txt").write_text(" changed upstream \n")
     (folder / "ptb.valid.txt").unlink()
     with pytest.raises(ChecksumError, match="recorded in .*ptb.valid.txt.sha256"):
+        fetch_ptb(tmp_path / "root")
+
+
+def test_fetch_ptb_checks_the_published_md5s(tmp_path, monkeypatch):
+    assert data.PTB_MD5["ptb.train.txt"] == "f26c4b92c5fdc7b3f8c7cdcb991d8420"  # as torchtext published it
+    make_ptb(tmp_path / "src")
+    monkeypatch.setattr(data, "PTB_URL", (tmp_path / "src").as_uri() + "/")
+    monkeypatch.setattr(data, "PTB_MD5", {name: md5(text.encode()) for name, text in PTB.items()})
+    folder = fetch_ptb(tmp_path / "root")
+    assert load_ptb(folder).train.tolist() == load_ptb(tmp_path / "src").train.tolist()
+    assert not any(lock_path(folder / name).exists() for name in PTB)  # a published MD5 needs no lock
+    (tmp_path / "src" / "ptb.valid.txt").write_text(" changed upstream \n")
+    (folder / "ptb.valid.txt").unlink()
+    with pytest.raises(ChecksumError, match="expected " + md5(PTB["ptb.valid.txt"].encode())):
         fetch_ptb(tmp_path / "root")
 
 
@@ -343,10 +359,82 @@ def test_fetch_sst2_unzips(tmp_path, monkeypatch):
         z.writestr("SST-2/train.tsv", SST2)
         z.writestr("SST-2/dev.tsv", SST2)
     monkeypatch.setattr(data, "SST2_URL", (tmp_path / "src" / "SST-2.zip").as_uri())
+    monkeypatch.setattr(data, "SST2_MD5", None)  # a zip without a published checksum
     folder = fetch_sst2(tmp_path / "root")
     assert folder == tmp_path / "root" / "SST-2"
     assert load_sst2_tsv(folder / "dev.tsv")[1].tolist() == [0, 1]
     assert lock_path(tmp_path / "root" / "SST-2.zip").exists() and leftovers(tmp_path / "root") == []
+
+
+def sst2_zip(tmp_path, monkeypatch):
+    """A miniature GLUE SST-2.zip served from a file:// URL, with its MD5 as the published one."""
+    (tmp_path / "src").mkdir(exist_ok=True)
+    with zipfile.ZipFile(tmp_path / "src" / "SST-2.zip", "w") as z:
+        z.writestr("SST-2/train.tsv", SST2)
+        z.writestr("SST-2/dev.tsv", SST2)
+    monkeypatch.setattr(data, "SST2_URL", (tmp_path / "src" / "SST-2.zip").as_uri())
+    monkeypatch.setattr(data, "SST2_MD5", md5((tmp_path / "src" / "SST-2.zip").read_bytes()))
+
+
+class FakeDatasets:
+    """Stands in for Hugging Face `datasets` (no network): records the calls, serves two splits."""
+
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail = [], fail
+
+    def load_dataset(self, *args):
+        self.calls.append(args)
+        if self.fail:
+            raise ConnectionError("Couldn't reach the hub (offline mode is enabled)")
+        return {"train": {"sentence": ["a fine film ", "dull "], "label": [1, 0]},
+                "validation": {"sentence": ["great "], "label": [1]},
+                "test": {"sentence": ["unlabelled "], "label": [-1]}}
+
+
+def test_load_sst2_through_datasets(tmp_path, monkeypatch):
+    hub = FakeDatasets()
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    splits = data.load_sst2(tmp_path / "root")
+    assert hub.calls == [("nyu-mll/glue", "sst2")]
+    assert splits["train"][0] == ["a fine film ", "dull "] and splits["train"][1].tolist() == [1, 0]
+    assert splits["dev"][0] == ["great "] and splits["dev"][1].dtype == torch.int64
+    assert set(splits) == {"train", "dev"} and not (tmp_path / "root").exists()  # no zip fetched
+
+
+def test_load_sst2_falls_back_to_the_checksummed_zip(tmp_path, monkeypatch, capsys):
+    sst2_zip(tmp_path, monkeypatch)
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets(fail=True))
+    splits = data.load_sst2(tmp_path / "root")
+    assert "SST-2 from the Hugging Face hub failed (ConnectionError" in capsys.readouterr().err
+    sentences, labels = load_sst2_tsv(tmp_path / "root" / "SST-2" / "dev.tsv")
+    assert splits["dev"][0] == sentences and torch.equal(splits["dev"][1], labels)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: the zip, silently
+    assert data.load_sst2(tmp_path / "root")["train"][0] == splits["train"][0]
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("switch", ["HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"])
+def test_load_sst2_offline_never_downloads(tmp_path, monkeypatch, switch):
+    sst2_zip(tmp_path, monkeypatch)
+    monkeypatch.setenv(switch, "1")
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets(fail=True))
+    with pytest.raises(DownloadError, match=f"{switch}.*forbid downloading"):
+        data.load_sst2(tmp_path / "root")
+    assert not (tmp_path / "root").exists()
+    monkeypatch.delenv(switch)
+    data.load_sst2(tmp_path / "root")  # downloaded once, ...
+    monkeypatch.setenv(switch, "1")
+    (tmp_path / "src" / "SST-2.zip").unlink()
+    assert data.load_sst2(tmp_path / "root")["dev"][1].tolist() == [0, 1]  # ... then read offline
+
+
+def test_download_prints_progress_lines(tmp_path, source, monkeypatch, capsys):
+    monkeypatch.setattr(data, "PROGRESS_EVERY", 0.0)
+    download(source.as_uri(), tmp_path / "file.bin", md5=md5(source.read_bytes()))
+    err = capsys.readouterr().err
+    assert f"downloading {source.as_uri()}" in err and "  0.0 of 0.0 MiB (100 %)\n" in err
+    assert data.progress(3 * 2**20, 12 * 2**20) == "3.0 of 12.0 MiB (25 %)"
+    assert data.progress(2**20, None) == "1.0 MiB"
 
 
 # ----------------------------------------------------------------------------- normalize

@@ -8,12 +8,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from test_runner import MULTIRATE, Blobs, make_cfg
 from torch import nn
 
 from experiments.runner import run
 from multirate import Multirate, TrainStep, partition
 from multirate.distributed import AllReduceGrads, world
+from tests.helpers import MULTIRATE, Blobs, make_cfg
 
 WORLD = 2
 K = 3
@@ -23,8 +23,8 @@ STEPS = 7  # slow steps at 0, 3, 6
 class Blobs2(Blobs):
     """The runner tests' task without dropout, whose masks would differ between 1 and 2 processes."""
 
-    def build_model(self, cfg):
-        model = super().build_model(cfg)
+    def build_model(self):
+        model = super().build_model()
         model.body[2] = nn.Identity()
         return model
 

@@ -167,10 +167,11 @@ def test_foreach_equals_for_loop(groups, momentum):
 
 
 def test_is_slow_step_cycle():
-    _, _, opt = scalar_pair(lr=0.1, k=3)
+    slow, fast, opt = scalar_pair(lr=0.1, k=3)
     pattern = []
     for _ in range(7):
         pattern.append(opt.is_slow_step)
+        slow.grad, fast.grad = torch.zeros_like(slow), torch.zeros_like(fast)  # a step needs gradients
         opt.step()
     assert pattern == [True, False, False, True, False, False, True]
 
@@ -273,6 +274,7 @@ def test_random_masks_reproducible_from_seed():
 
 def test_added_group_joins_the_cycle():
     slow, fast, opt = scalar_pair(lr=0.1, k=3)
+    slow.grad, fast.grad = torch.zeros_like(slow), torch.zeros_like(fast)  # a step needs gradients
     opt.step()
     extra = nn.Parameter(torch.ones(1, dtype=torch.float64))
     opt.add_param_group({"params": [extra], "rate": "fast"})
@@ -309,3 +311,153 @@ def test_bad_groups():
         Multirate([{"params": [a], "rate": "random", "linear_drift": False, "slow_fraction": 1.0}])
     with pytest.raises(ValueError, match="set linear_drift=False"):
         Multirate([{"params": [a], "rate": "random"}])
+
+
+# ----------------------------------------------------------------------------- the masks' distribution
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 1 / 3, 0.5 / 256, 255.5 / 256])
+def test_bernoulli_has_exactly_the_fraction_in_expectation(fraction):
+    # 0.5/256 and 255.5/256 are decided by the second byte on the 1/256 of entries that tie on the
+    # first: a draw that ignored ties would give 0 or 1/256 (or 255/256 and 1).
+    from multirate.optimizer import bernoulli
+
+    n = 2_000_000
+    draws = bernoulli(n, fraction, torch.Generator().manual_seed(7), device="cpu")
+    assert draws.dtype == torch.bool and draws.shape == (n,)
+    sd = (fraction * (1 - fraction) / n) ** 0.5
+    assert abs(draws.double().mean().item() - fraction) < 5 * sd
+
+
+def test_bernoulli_is_seeded_and_resumable():
+    from multirate.optimizer import bernoulli
+
+    def draw(g):
+        return bernoulli(1000, 0.3, g, device="cpu")
+
+    g = torch.Generator().manual_seed(3)
+    first = draw(g)
+    state = g.get_state()
+    second = draw(g)
+    assert torch.equal(first, draw(torch.Generator().manual_seed(3)))
+    assert torch.equal(second, draw(torch.Generator().set_state(state)))
+    assert not torch.equal(first, second)
+
+
+def test_random_masks_are_independent_draws_of_the_fraction():
+    w = nn.Parameter(torch.ones(100, 100))
+    opt = Multirate([{"params": [w], "rate": "random", "linear_drift": False}], lr=0.1, k=2, seed=0,
+                    slow_fraction=0.2)
+    masks = []
+    for _ in range(20):  # 10 cycles
+        w.grad = torch.zeros_like(w)
+        opt.step()
+        if opt.is_slow_step is False:  # just drawn
+            masks.append(opt.state[w]["mask"].clone())
+    masks = torch.stack(masks).double()
+    assert len(masks) == 10
+    n = masks.numel()
+    assert abs(masks.mean().item() - 0.2) < 5 * (0.2 * 0.8 / n) ** 0.5
+    overlap = (masks[1:] * masks[:-1]).mean().item()  # consecutive cycles independent: 0.2 ** 2
+    assert abs(overlap - 0.04) < 5 * (0.04 * 0.96 / (n * 0.9)) ** 0.5
+    # Pinned: the masks of seed 0 (a change in how masks are drawn changes every random-subgroups run).
+    assert int(masks[0].sum()) == SEED0_FIRST_MASK_SUM
+
+
+SEED0_FIRST_MASK_SUM = 1963
+
+
+# ----------------------------------------------------------------------------- strict: no gradient, no step
+
+def test_unused_parameters_k1_equal_sgd_bit_for_bit():
+    data = batches()
+    net_a, net_b = small_net(), small_net()
+    for net in (net_a, net_b):  # two extra parameters that the loss never uses
+        net.unused_slow = nn.Parameter(torch.ones(3))
+        net.unused_fast = nn.Parameter(torch.ones(3))
+    sgd = torch.optim.SGD(net_a.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-3)
+    slow = [p for n, p in net_b.named_parameters() if not n.startswith(("4", "unused_fast"))]
+    fast = [*net_b[4].parameters(), net_b.unused_fast]
+    mr = Multirate([{"params": slow, "rate": "slow"}, {"params": fast, "rate": "fast"}], lr=0.1, k=1,
+                   momentum=0.9, weight_decay=5e-3)
+    # The extra parameters get a gradient on the first step only, then none.
+    for t, batch in enumerate(data):
+        for net, opt in ((net_a, sgd), (net_b, mr)):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(batch[0]), batch[1])
+            if t == 0:
+                loss = loss + net.unused_slow.sum() + net.unused_fast.sum()
+            loss.backward()
+            opt.step()
+        for a, b in zip(net_a.parameters(), net_b.parameters()):
+            assert torch.equal(a, b)
+    assert torch.equal(net_b.unused_slow, torch.full((3,), 1 - 0.1 * (1 + 5e-3)))
+
+
+@pytest.mark.parametrize("drift", [True, False])
+def test_slow_parameter_without_gradient_on_its_slow_step_does_not_move(drift):
+    slow, fast, opt = scalar_pair(lr=0.6, k=3, momentum=0.5, linear_drift=drift)
+    run_given_grads(slow, fast, opt, [1, 0, 0], [1, 1, 1])  # one cycle: slow has momentum now
+    before = slow.item()
+    for _ in range(6):  # two cycles without a slow gradient: no drift, no jump
+        slow.grad, fast.grad = None, torch.ones(1, dtype=torch.float64)
+        opt.step()
+        assert slow.item() == before
+    assert fast.item() != 1
+    run_given_grads(slow, fast, opt, [1], [1])  # a gradient again: its momentum resumes (0.5 * 1 + 1)
+    assert slow.item() == pytest.approx(before - (0.2 if drift else 0.6) * 1.5)
+
+
+def test_fast_parameter_without_gradient_takes_no_step():
+    slow, fast, opt = scalar_pair(lr=0.6, k=3, momentum=0.5)
+    run_given_grads(slow, fast, opt, [1], [1])
+    before = fast.item()
+    slow.grad, fast.grad = None, None
+    extra = nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt.add_param_group({"params": [extra], "rate": "fast"})
+    extra.grad = torch.ones(1, dtype=torch.float64)
+    opt.step()
+    assert fast.item() == before and extra.item() != 1
+
+
+@pytest.mark.parametrize("groups", ["layerwise", "random"])
+def test_step_without_gradients_changes_nothing(groups):
+    net = small_net()
+    parts = (partition.layerwise(net, ["4"]) if groups == "layerwise"
+             else partition.random_subgroups(net, 0.4, seed=3))
+    opt = Multirate(parts, lr=0.1, k=3, momentum=0.9, linear_drift=groups == "layerwise")
+    train(net, opt, batches(n=2))  # mid-cycle, slow parameters drifting (or zeroed)
+    before = copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
+    opt.zero_grad(set_to_none=True)
+    opt.step()
+    assert all(torch.equal(v, before[0][n]) for n, v in net.state_dict().items())
+    assert [g["step"] for g in opt.param_groups] == [g["step"] for g in before[1]["param_groups"]]
+
+
+def test_load_state_dict_refuses_another_k():
+    _, _, opt3 = scalar_pair(lr=0.1, k=3)
+    _, _, opt5 = scalar_pair(lr=0.1, k=5)
+    with pytest.raises(ValueError, match="k=3.*k=5"):
+        opt5.load_state_dict(opt3.state_dict())
+
+
+@pytest.mark.parametrize("groups", ["layerwise", "random"])
+def test_state_dict_round_trip_is_identical(groups):
+    net = small_net()
+    def make():
+        if groups == "layerwise":
+            return Multirate(partition.layerwise(net, ["4"]), lr=0.1, k=3, momentum=0.9)
+        return Multirate(partition.random_subgroups(net, 0.4), lr=0.1, k=3, momentum=0.9, linear_drift=False)
+
+    opt = make()
+    train(net, opt, batches(n=4))
+    saved = copy.deepcopy(opt.state_dict())
+    opt2 = make()
+    opt2.load_state_dict(copy.deepcopy(saved))
+    again = opt2.state_dict()
+    assert again["param_groups"] == saved["param_groups"]
+    assert again["state"].keys() == saved["state"].keys()
+    for i, s in saved["state"].items():
+        assert again["state"][i].keys() == s.keys()
+        for key, value in s.items():
+            new = again["state"][i][key]
+            assert torch.equal(new, value) if torch.is_tensor(value) else new == value

@@ -262,12 +262,12 @@ def test_new_config_fields_keep_old_run_names():
     import hashlib
     import json
 
-    from experiments.config import NOT_HASHED, RunConfig
+    from experiments.config import HASHED_IF_CHANGED, NOT_HASHED, RunConfig
 
     cfg = RunConfig(optimizer="multirate", k=5, lr=0.05)
-    # The name as computed before nesterov/betas/eps existed.
+    # The name as computed before nesterov/betas/eps (and the later fields) existed.
     old = {k: v for k, v in dataclasses.asdict(cfg).items()
-           if k not in (*NOT_HASHED, "nesterov", "betas", "eps")}
+           if k not in (*NOT_HASHED, *HASHED_IF_CHANGED)}
     digest = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:8]
     assert cfg.run_name == f"train_all-seed0-{digest}"
     changed = [dict(nesterov=True), dict(betas=[0.9, 0.99]), dict(eps=1e-6)]
@@ -297,7 +297,7 @@ def test_bad_config_values(kwargs, key):
 ], ids=["adamw", "multirate_adamw", "multirate_nesterov"])
 def test_runner_learns_and_resumes_bit_for_bit(tmp_path, opt):
     from experiments.runner import run
-    from tests.test_runner import Blobs, make_cfg
+    from tests.helpers import Blobs, make_cfg
 
     straight = run(make_cfg(tmp_path / "a", **opt), Blobs())
     metric = {(r["epoch"], r["metric"]): r["value"] for r in straight["rows"]}
@@ -320,3 +320,117 @@ def test_checkpoint_from_before_nesterov_loads():
     opt2.load_state_dict(old)
     assert all(group["nesterov"] is False for group in opt2.param_groups)
     train(net, opt2, batches(n=2))
+
+
+@pytest.mark.parametrize("base,kwargs,message", [
+    ("sgd", dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
+    ("sgd", dict(rate="random", slow_fraction=0.0, linear_drift=False), "slow_fraction"),
+    ("sgd", dict(k=0), "k must be a positive integer"),
+    ("sgd", dict(nesterov=True), "nesterov needs momentum"),
+    ("adamw", dict(betas=[0.9, 1.0]), "betas"),
+    ("adamw", dict(rate="random"), "random subgroups need the SGD"),
+    ("sgd", dict(betas=(0.9, 0.99)), "unknown hyperparameter"),
+    ("lion", dict(), "base must be one of"),
+])
+def test_check_hyperparameters_without_a_model(base, kwargs, message):
+    from multirate import check_hyperparameters
+
+    with pytest.raises(ValueError, match=message):
+        check_hyperparameters(base, **kwargs)
+
+
+def test_check_hyperparameters_accepts_what_the_optimizers_accept():
+    from multirate import check_hyperparameters
+
+    check_hyperparameters("sgd", k=5, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    check_hyperparameters("sgd", rate="random", slow_fraction=0.2, linear_drift=False, k=2)
+    check_hyperparameters("sgd", rate="split", slow_fraction=0.5, k=25)
+    check_hyperparameters("adamw", k=3, betas=[0.8, 0.99], eps=1e-6, linear_drift=False)
+
+
+# ------------------------------------------------------------------------ a third base: Adam (coupled L2)
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("drift", [True, False])
+def test_adam_k1_equals_torch_adam(foreach, drift):
+    from multirate import MultirateAdam
+
+    net_a, net_b = small_net(), small_net()
+    ref = torch.optim.Adam(net_a.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
+                           foreach=foreach)
+    mr = MultirateAdam(partition.layerwise(net_b, ["4"]), lr=0.01, k=1, betas=(0.8, 0.99), eps=1e-6,
+                       weight_decay=0.1, linear_drift=drift, foreach=foreach)
+    for batch in batches():
+        train(net_a, ref, [batch])
+        train(net_b, mr, [batch])
+        for a, b in zip(net_a.parameters(), net_b.parameters()):
+            # torch divides m by its bias correction last: equal up to rounding.
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    assert not torch.equal(net_a[0].weight, small_net()[0].weight)
+
+
+def adam_reference(theta_s, theta_f, grad_fn, h, k, betas, eps, wd, cycles, drift):
+    """Adam with coupled L2 in cycle form: slow moments once per cycle, direction frozen."""
+    b1, b2 = betas
+    m_s, v_s, m_f, v_f = (torch.zeros_like(theta_s) for _ in range(4))
+    t = 0
+
+    def adam(m, v, g, n, theta):
+        g = g + wd * theta
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        return m, v, (m / (1 - b1**n)) / ((v / (1 - b2**n)).sqrt() + eps)
+
+    for cycle in range(cycles):
+        g_s, _ = grad_fn(t, theta_s, theta_f)
+        m_s, v_s, d_s = adam(m_s, v_s, g_s, cycle + 1, theta_s)
+        for i in range(k):
+            _, g_f = grad_fn(t, theta_s, theta_f)
+            m_f, v_f, d_f = adam(m_f, v_f, g_f, t + 1, theta_f)
+            theta_f = theta_f - h / k * d_f
+            if drift:
+                theta_s = theta_s - h / k * d_s
+            elif i == 0:
+                theta_s = theta_s - h * d_s
+            t += 1
+    return theta_s, theta_f
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("drift", [True, False])
+def test_adam_matches_definition(k, drift, foreach):
+    from multirate import MultirateAdam
+
+    grad_fn = quadratic_grads(seed=20 + k)
+    (s0, f0), (s, f) = run_scalar_pair(MultirateAdam, grad_fn, k, 4 * k, lr=0.05, betas=(0.9, 0.99),
+                                       eps=1e-8, weight_decay=0.1, linear_drift=drift, foreach=foreach)
+    ref_s, ref_f = adam_reference(s0, f0, grad_fn, h=0.05, k=k, betas=(0.9, 0.99), eps=1e-8, wd=0.1,
+                                  cycles=4, drift=drift)
+    torch.testing.assert_close(s, ref_s, rtol=0, atol=1e-12)
+    torch.testing.assert_close(f, ref_f, rtol=0, atol=1e-12)
+    assert not torch.allclose(s, s0)
+
+
+def test_adam_state_dict_lockstep():
+    from multirate import MultirateAdam
+
+    assert_lockstep(lambda net: MultirateAdam(partition.layerwise(net, ["4"]), k=3, lr=0.01,
+                                              weight_decay=0.1), 5, dtype=torch.float64)
+
+
+def test_adamw_unused_slow_parameter_takes_no_drift():
+    slow = nn.Parameter(torch.ones(1, dtype=torch.float64))
+    fast = nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = MultirateAdamW([{"params": [slow], "rate": "slow"}, {"params": [fast], "rate": "fast"}],
+                         lr=0.3, k=3)
+    slow.grad, fast.grad = torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    opt.step()
+    for _ in range(2):  # the rest of the cycle: it drifts
+        slow.grad, fast.grad = None, torch.ones(1, dtype=torch.float64)
+        opt.step()
+    before = slow.item()
+    for _ in range(3):  # a cycle without a slow gradient: it stays
+        slow.grad, fast.grad = None, torch.ones(1, dtype=torch.float64)
+        opt.step()
+        assert slow.item() == before

@@ -69,3 +69,91 @@ def test_random_subgroups(resnet):
     assert all(p.dim() == 1 for p in fast["params"])
     assert ids(random["params"]) | ids(fast["params"]) == ids(resnet.parameters())
     Multirate(groups, lr=0.1, k=5)
+
+
+# ------------------------------------------------------------------------ a fixed random elementwise split
+
+def _split_net():
+    from tests.test_optimizer import small_net
+
+    return small_net()
+
+
+def test_random_split_exact_fraction_per_tensor_drawn_once():
+    import torch
+
+    from tests.test_optimizer import batches, train
+
+    net = _split_net()
+    opt = Multirate(partition.random_split(net, slow_fraction=0.3, seed=5), lr=0.1, k=3, momentum=0.9)
+    train(net, opt, batches(n=1))
+    masks = {id(p): opt.state[p]["mask"].clone() for p in net.parameters()}
+    for p in net.parameters():
+        assert opt.state[p]["mask"].dtype == torch.bool
+        assert int(opt.state[p]["mask"].sum()) == round(0.3 * p.numel())
+    train(net, opt, batches(n=5))
+    assert all(torch.equal(opt.state[p]["mask"], masks[id(p)]) for p in net.parameters())  # never redrawn
+    again = Multirate(partition.random_split(_split_net(), slow_fraction=0.3, seed=5), lr=0.1, k=3)
+    other = Multirate(partition.random_split(_split_net(), slow_fraction=0.3, seed=6), lr=0.1, k=3)
+    for o in (again, other):
+        for p in o.param_groups[0]["params"]:
+            p.grad = torch.zeros_like(p)
+        o.step()
+    firsts = [o.state[o.param_groups[0]["params"][0]]["mask"] for o in (again, other)]
+    assert torch.equal(firsts[0], masks[id(next(net.parameters()))]) and not torch.equal(firsts[1], firsts[0])
+
+
+@pytest.mark.parametrize("drift", [True, False])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_random_split_entries_follow_algorithm_1(k, drift):
+    """Slow entries are slow parameters and fast entries fast ones, elementwise, in one tensor."""
+    import torch
+
+    from tests.test_optimizer import algorithm_1, quadratic_grads
+
+    grad_fn = quadratic_grads(seed=k)
+    w = nn.Parameter(torch.linspace(-1, 2, 10, dtype=torch.float64))
+    opt = Multirate([dict(params=[w], rate="split", slow_fraction=0.5, seed=1)], lr=0.3, k=k, momentum=0.9,
+                    weight_decay=0.01, linear_drift=drift)
+    w.grad = torch.zeros_like(w)
+    opt.step()  # draws the mask (a zero gradient here, so the reference starts one step later)
+    mask = opt.state[w]["mask"]
+    assert int(mask.sum()) == 5
+    s0, f0 = w.detach()[mask].clone(), w.detach()[~mask].clone()
+    opt = Multirate([dict(params=[w], rate="split", slow_fraction=0.5, seed=1)], lr=0.3, k=k, momentum=0.9,
+                    weight_decay=0.01, linear_drift=drift)
+    for t in range(4 * k):
+        g_s, g_f = grad_fn(t, w.detach()[mask], w.detach()[~mask])
+        grad = torch.empty_like(w)
+        grad[mask], grad[~mask] = g_s, g_f
+        w.grad = grad
+        opt.step()
+    ref_s, ref_f = algorithm_1(s0, f0, grad_fn, h=0.3, k=k, mu=0.9, wd=0.01, cycles=4, drift=drift)
+    torch.testing.assert_close(w.detach()[mask], ref_s, rtol=0, atol=1e-12)
+    torch.testing.assert_close(w.detach()[~mask], ref_f, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_random_split_k1_equals_sgd(foreach):
+    import torch
+
+    from tests.test_optimizer import batches, train
+
+    net_a, net_b = _split_net(), _split_net()
+    sgd = torch.optim.SGD(net_a.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-3, foreach=foreach)
+    mr = Multirate(partition.random_split(net_b), lr=0.1, k=1, momentum=0.9, weight_decay=5e-3,
+                   foreach=foreach)
+    for batch in batches():
+        train(net_a, sgd, [batch])
+        train(net_b, mr, [batch])
+        for a, b in zip(net_a.parameters(), net_b.parameters()):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("drift", [True, False])
+@pytest.mark.parametrize("steps_before_save", [4, 5])
+def test_random_split_state_dict_lockstep(drift, steps_before_save):
+    from tests.test_optimizer import assert_lockstep
+
+    assert_lockstep(lambda net: Multirate(partition.random_split(net, 0.5, seed=2), lr=0.1, k=3, momentum=0.9,
+                                          weight_decay=1e-3, linear_drift=drift), steps_before_save)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner import Blobs
 
-from experiments import runner
+from experiments import preemption, runner
 from experiments.config import RunConfig
+from tests.helpers import Blobs, write_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP = 11  # the signal arrives during minibatch STOP + 1 (of 8 per epoch): mid-epoch, mid-cycle for k=3
@@ -24,9 +24,9 @@ STOP = 11  # the signal arrives during minibatch STOP + 1 (of 8 per epoch): mid-
 CHILD = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT / "tests")!r})
-from experiments import runner
+from experiments import preemption, runner
 from experiments.config import RunConfig
-from test_runner import Blobs
+from helpers import Blobs
 
 class WaitForSignal(Blobs):
     def loss(self, model, batch):
@@ -39,13 +39,6 @@ class WaitForSignal(Blobs):
 
 runner.main(sys.argv[3:], RunConfig, sys.argv[2], WaitForSignal)
 """
-
-
-def write_toml(path):
-    path.write_text('experiment = "blobs"\nbatch_size = 32\nlr = 0.05\nwandb = "disabled"\ndevice = "cpu"\n'
-                    "[quick]\nepochs = 4\n[methods.train_all]\n"
-                    '[methods.multirate]\noptimizer = "multirate"\nk = 3\n')
-    return path
 
 
 def fake_scontrol(folder):
@@ -91,7 +84,7 @@ def test_signal_mid_epoch_checkpoints_and_the_rerun_matches(tmp_path, sig, slurm
     folder = tmp_path / "out" / "quick" / "blobs"
     (record,) = [json.loads(p.read_text()) for p in folder.glob("*.json")]  # seed 1 never started
     assert record["status"] == "running" and record["config"]["seed"] == 0
-    ckpt = torch.load(folder / "checkpoints" / f"{record['run']}.pt", weights_only=False)
+    ckpt = torch.load(folder / "checkpoints" / f"{record['run']}.pt", weights_only=True)
     assert ckpt["progress"]["epoch"] == 1 and ckpt["progress"]["batch"] == STOP + 1 - 8  # mid-epoch
 
     tasks = []
@@ -113,11 +106,11 @@ def test_signal_mid_epoch_checkpoints_and_the_rerun_matches(tmp_path, sig, slurm
 
 
 def test_signal_handlers_are_restored_after_a_run(tmp_path):
-    before = {sig: signal.getsignal(sig) for sig in runner.PREEMPT_SIGNALS}
+    before = {sig: signal.getsignal(sig) for sig in preemption.PREEMPT_SIGNALS}
     cfg = RunConfig(experiment="blobs", results_dir=str(tmp_path), epochs=1, batch_size=32,
                     wandb="disabled", device="cpu")
     assert runner.run(cfg, Blobs())["status"] == "complete"
-    assert {sig: signal.getsignal(sig) for sig in runner.PREEMPT_SIGNALS} == before
+    assert {sig: signal.getsignal(sig) for sig in preemption.PREEMPT_SIGNALS} == before
 
 
 def test_requeue_outside_slurm_does_nothing(monkeypatch):

@@ -109,7 +109,10 @@ PTB = {  # the Mikolov files' format: a leading space, words and <unk>, N for nu
 }
 
 
-def test_lm_task_reads_ptb_files_in_the_real_format(tmp_path):
+def test_lm_task_reads_ptb_files_in_the_real_format(tmp_path, monkeypatch):
+    from experiments import data
+
+    monkeypatch.setattr(data, "PTB_MD5", {})  # hand-written files: trusted on first use, as unpublished
     folder = tmp_path / "data" / "ptb"
     folder.mkdir(parents=True)
     for name, text in PTB.items():
@@ -238,7 +241,7 @@ def test_random_subgroup_masks_as_configured(tmp_path):
     zero entries during fast steps, full weights in evaluation and after each cycle."""
     cfg = config("lm", tmp_path, "multirate", "k=3", "slow_fraction=0.3", "seed=4", "d_model=32", "d_ff=64")
     task = LMTask(cfg)
-    model = task.build_model(cfg)
+    model = task.build_model()
     opt = build_optimizer(cfg, model)
     assert isinstance(opt, Multirate) and opt.param_groups[0]["k"] == 3
     random_group = {id(p) for g in opt.param_groups if g["rate"] == "random" for p in g["params"]}
@@ -274,12 +277,12 @@ def test_random_subgroup_masks_as_configured(tmp_path):
     assert fraction == pytest.approx(0.3, abs=0.02)
     # The runner's evaluate puts the zeroed entries back, and training resumes with them zeroed.
     assert not opt.is_slow_step
-    metrics = evaluate(task, model, opt, cfg, torch.device("cpu"))
+    metrics = evaluate(task, model, opt, torch.device("cpu"))
     assert math.isfinite(metrics["val_loss"]) and all((p[m] == 0).all() for p, m in zip(matrices, masks[-1]))
     # Masks are a function of the configured seed.
     other = build_optimizer(load_config(LMConfig, regularization_lm.TOML, "quick", "multirate",
                                         [*LM_TINY, "k=3", "slow_fraction=0.3", "seed=5", "d_model=32",
-                                         "d_ff=64"]), task.build_model(cfg))
+                                         "d_ff=64"]), task.build_model())
     assert other.param_groups[0]["seed"] == 5 != opt.param_groups[0]["seed"]
 
 

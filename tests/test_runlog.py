@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments import runlog
+from experiments import tracking
 from experiments.config import RunConfig
 from experiments.files import atomic_open
 from experiments.runlog import COLUMNS, RunLog, read_results, read_rows, wandb_mode
@@ -29,7 +29,7 @@ def no_network(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-env" / var.lower()))
-    monkeypatch.setattr(runlog, "_wandb_failed", False)
+    monkeypatch.setattr(tracking, "_failed", False)  # W&B code lives in experiments.tracking
 
 
 def make_cfg(tmp_path, **kw):
@@ -154,10 +154,10 @@ def read_wandb_history(path, timeout=60.0):
 class Line(Task):
     """Least squares y = 3x - 1 with a one-layer model named fc."""
 
-    def build_model(self, cfg):
+    def build_model(self):
         return _Head()
 
-    def train_tensors(self, cfg, device):
+    def train_tensors(self, device):
         x = torch.linspace(-1, 1, 64, device=device)[:, None]
         return x, 3 * x - 1
 
@@ -165,7 +165,7 @@ class Line(Task):
         x, y = batch
         return F.mse_loss(model(x), y)
 
-    def evaluate(self, model, cfg, device):
+    def evaluate(self, model, device):
         return {"slope": model.fc.weight.item(), "offset": model.fc.bias.item()}
 
 
@@ -238,3 +238,25 @@ def test_wandb_offline_resume_continues_the_same_run(tmp_path):
     for row in csv_rows:
         (entry,) = [h for h in history if h["_step"] == row["step"]]
         assert entry[row["metric"]] == row["value"]
+
+
+def test_read_run_verifies_and_no_complete_runs_says_why(tmp_path):
+    from experiments.runlog import ResultError, no_complete_runs, read_run
+
+    cfg = make_cfg(tmp_path)
+    folder = cfg.run_dir
+    assert "run the experiments first" in no_complete_runs(folder)
+    log = log_some(cfg)
+    record, rows = read_run(log.json_path)
+    assert record["status"] == "complete" and rows == log.rows and record["csv_rows"] == len(rows)
+    assert {"torch", "threads", "cpu_capability", "git_commit", "python"} <= set(record)
+    log.csv_path.write_text(log.csv_path.read_text().replace("0.3", "0.2", 1))
+    with pytest.raises(ResultError, match=str(log.csv_path)):
+        read_run(log.json_path)
+    diverged = RunLog(make_cfg(tmp_path, seed=1))
+    diverged.start("cpu")
+    diverged.log(1, 10, 1.0, {"train_loss": float("nan")})
+    diverged.finish("diverged")
+    log.json_path.unlink()
+    message = no_complete_runs(folder)
+    assert "1 diverged" in message and "run the experiments first" not in message

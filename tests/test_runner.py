@@ -1,65 +1,14 @@
 """The training loop on a tiny real task: logging, learning, resume, skip, divergence, freezing."""
 
-import copy
 import csv
 import json
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from experiments.config import RunConfig
-from experiments.runner import Task, checkpoint_path, main, run
-
-
-class Net(nn.Module):
-    def __init__(self, dim=8, hidden=32, classes=4):
-        super().__init__()
-        # Dropout draws from the global torch RNG, so resume must restore it.
-        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(0.1),
-                                  nn.Linear(hidden, hidden), nn.ReLU())
-        self.fc = nn.Linear(hidden, classes)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-
-class Blobs(Task):
-    """Four Gaussian clusters in 8-D; 256 training points, 8 minibatches of 32 per epoch."""
-
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        self.loss_calls = 0
-
-    def data(self, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        centres = 2.0 * torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
-        y = torch.arange(n) % 4
-        return centres[y] + torch.randn(n, 8, generator=g), y
-
-    def build_model(self, cfg):
-        model = Net()
-        self.initial = copy.deepcopy(model.state_dict())
-        return model
-
-    def train_tensors(self, cfg, device):
-        return tuple(t.to(device) for t in self.data(256, seed=1))
-
-    def batch(self, tensors, generator):
-        x, y = tensors  # noise augmentation: exercises the augmentation generator
-        return x + 0.1 * torch.randn(x.shape, generator=generator, device=x.device), y
-
-    def loss(self, model, batch):
-        self.loss_calls += 1
-        x, y = batch
-        return F.cross_entropy(model(x), y)
-
-    def evaluate(self, model, cfg, device):
-        x, y = (t.to(device) for t in self.data(200, seed=2))
-        logits = model(x)
-        return {"accuracy": (logits.argmax(1) == y).float().mean().item(),
-                "test_loss": F.cross_entropy(logits, y).item()}
+from experiments.runner import checkpoint_path, main, run
+from tests.helpers import MULTIRATE, Blobs, make_cfg
 
 
 class NanTask(Blobs):
@@ -68,13 +17,6 @@ class NanTask(Blobs):
         return loss * float("nan") if self.loss_calls >= 5 else loss
 
 
-def make_cfg(tmp_path, **kw):
-    base = dict(experiment="blobs", results_dir=str(tmp_path), epochs=4, batch_size=32, lr=0.05,
-                momentum=0.9, wandb="disabled", device="cpu")
-    return RunConfig(**{**base, **kw})
-
-
-MULTIRATE = dict(optimizer="multirate", k=3, fast=["fc"])
 RANDOM = dict(optimizer="multirate", k=3, partition="random_subgroups", slow_fraction=0.3)
 
 

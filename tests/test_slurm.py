@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import slurm
+from experiments import registry, slurm
 from experiments.runlog import read_results, read_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +38,13 @@ def test_tasks_are_methods_times_seeds_of_every_part():
         slurm.array_tasks("transfer", "quick", [0], ["nope"])
 
 
-@pytest.mark.parametrize("figure", sorted(slurm.FIGURES))
+@pytest.mark.parametrize("figure", sorted(registry.EXPERIMENTS))
 def test_every_figure_names_files_that_exist(figure):
-    fig = slurm.FIGURES[figure]
-    assert (ROOT / (fig.draw.replace(".", "/") + ".py")).exists()
+    fig = registry.EXPERIMENTS[figure]
+    assert (ROOT / (fig.figure.replace(".", "/") + ".py")).exists()
     for part in fig.parts:
         assert (ROOT / (part.module.replace(".", "/") + ".py")).exists()
-        assert (slurm.CONFIGS / part.toml).exists()
+        assert part.toml_path.exists()
     assert slurm.array_tasks(figure, "quick", [0, 1])
 
 

@@ -1,14 +1,16 @@
 """The speed-up benchmark on tiny settings: schema, positive times, the limit formula."""
 
 import json
+import statistics
 
 import pytest
 
-from experiments.speedup import METHODS, Settings, benchmark, limit, main
+from experiments.speedup import METHODS, Settings, benchmark, limit, main, optimizer_benchmark, report
 
 TINY_BERT = dict(vocab_size=50, dim=16, hidden_dim=32, n_layers=1, n_heads=2, max_position_embeddings=16)
 KEYS = {"model", "device", "image_size", "seq_len", "batch_size", "k", "steps", "repeats", "threads",
-        "torch", "methods", "speedup", "head_only_speedup", "F", "B", "b", "limit", "fraction_of_limit"}
+        "torch", "methods", "speedup", "head_only_speedup", "F", "B", "f", "b", "phases", "limit",
+        "fraction_of_limit"}
 
 
 def check(r, s):
@@ -19,8 +21,13 @@ def check(r, s):
         assert len(m["all"]) == s.repeats and all(t > 0 for t in m["all"])
         assert min(m["all"]) <= m["s_per_step"] <= max(m["all"])
     assert all(r[key] > 0 for key in ("speedup", "head_only_speedup", "F", "B", "b", "limit"))
+    # The paper's formula with the fast step's own forward f (f = F gives k(F+B) / (kF + B + (k-1)b)).
     assert r["limit"] == pytest.approx(r["k"] * (r["F"] + r["B"])
-                                       / (r["k"] * r["F"] + r["B"] + (r["k"] - 1) * r["b"]))
+                                       / (r["F"] + r["B"] + (r["k"] - 1) * (r["f"] + r["b"])))
+    assert r["limit"] == pytest.approx(limit(r["k"], r["F"], r["B"], r["b"], r["f"]))
+    for name in ("F", "B", "f", "b"):  # the phases of the same interleaved repeats, median of them
+        assert len(r["phases"][name]) == s.repeats
+        assert r[name] == pytest.approx(statistics.median(r["phases"][name]))
     assert r["speedup"] == pytest.approx(r["methods"]["train_all"]["s_per_step"]
                                          / r["methods"]["multirate"]["s_per_step"])
     assert r["fraction_of_limit"] == pytest.approx(r["speedup"] / r["limit"])
@@ -56,6 +63,42 @@ def test_limit_formula():
     assert limit(1, 1.0, 2.0, 0.0) == 1.0  # k = 1: multirate is plain SGD
     assert limit(5, 1.0, 2.0, 0.0) == pytest.approx(15 / 7)  # the paper's "about 2.1x" for B = 2F
     assert limit(5, 1.0, 2.0, 2.0) == 1.0  # a head as costly as the whole backward saves nothing
+    assert limit(5, 1.0, 2.0, 0.0, 1.0) == limit(5, 1.0, 2.0, 0.0)  # f = F: the paper's formula
+    assert limit(5, 1.0, 2.0, 0.0, 0.5) > limit(5, 1.0, 2.0, 0.0)  # a cheaper fast forward saves more
+
+
+def test_above_the_limit_is_flagged(tmp_path, capsys):
+    r = main(["--model", "resnet34", "--image-size", "16", "--batch-size", "2", "--k", "2", "--steps", "2",
+              "--repeats", "1", "--threads", "1"])
+    r = {**r, "fraction_of_limit": 1.2}
+    assert "WARNING: above 100 % of the limit" in report(r)
+    r["fraction_of_limit"] = 0.9
+    assert "WARNING" not in report(r)
+
+
+def test_optimizer_only(tmp_path, capsys):
+    out = tmp_path / "o.json"
+    main(["--optimizer-only", "--steps", "10", "--repeats", "2", "--threads", "1", "--json", str(out)])
+    r = json.loads(out.read_text())
+    names = {"step:sgd", "step:random_subgroups", "step:layerwise", "train:sgd", "train:random_subgroups"}
+    assert set(r["s_per_step"]) == names and all(len(r["all"][n]) == 2 for n in names)
+    assert r["ratios"]["step:random_subgroups / step:sgd"] == pytest.approx(
+        r["s_per_step"]["step:random_subgroups"] / r["s_per_step"]["step:sgd"])
+    assert "train:random_subgroups / train:sgd" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="multiple of 10"):
+        optimizer_benchmark(Settings(optimizer_only=True, steps=5))
+
+
+def test_settings_from_toml(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('model = "resnet50"\nk = 2\nsteps = 4\n')
+    from experiments.speedup import parse_args
+
+    s = parse_args(["--config", str(cfg), "--steps", "6"])
+    assert (s.model, s.k, s.steps) == ("resnet50", 2, 6)  # the command line overrides the file
+    cfg.write_text("kk = 2\n")
+    with pytest.raises(SystemExit, match="unknown key"):
+        parse_args(["--config", str(cfg)])
 
 
 @pytest.mark.slow

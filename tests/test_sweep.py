@@ -95,7 +95,14 @@ def test_wandb_export_structure():
         "seed": {"values": [0, 1]},
     }
     assert config["command"] == ["${env}", "${interpreter}", "-m", "experiments.transfer", "--profile",
-                                 "quick", "--method", "multirate", "epochs=5", "${args_no_hyphens}"]
+                                 "quick", "--method", "multirate", "epochs=5", "variant=sweep",
+                                 "${args_no_hyphens}"]
+    assert config["project"] == "multirate"  # the runs' wandb_project
+
+
+def test_wandb_export_project_is_the_runs():
+    config = wandb_config(random_sweep(0, n=2, seeds=[0], fixed={"wandb_project": "mine"}))
+    assert config["project"] == "mine" and "wandb_project=mine" in config["command"]
 
 
 def test_wandb_export_of_example_grid(tmp_path):
@@ -154,18 +161,18 @@ class Tiny(runner.Task):
         x = torch.randn(n, 4, generator=g)
         return x, x.sum(1, keepdim=True).sin()
 
-    def build_model(self, cfg):
-        BUILT.append(cfg.run_name)
+    def build_model(self):
+        BUILT.append(self.cfg.run_name)
         return Net()
 
-    def train_tensors(self, cfg, device):
-        return self.data(cfg.n, 1)
+    def train_tensors(self, device):
+        return self.data(self.cfg.n, 1)
 
     def loss(self, model, batch):
         x, y = batch
         return F.mse_loss(model(x), y)
 
-    def evaluate(self, model, cfg, device):
+    def evaluate(self, model, device):
         x, y = self.data(100, 2)
         return {"test_loss": F.mse_loss(model(x), y).item()}
 

@@ -29,14 +29,12 @@ from experiments.transfer import (
     source_task,
     target_task,
 )
+from tests.helpers import TRANSFER_TINY as TINY
 from tests.test_data import make_cifar10, make_cifar100
 
 METHODS = {"train_all": ["all"], "multirate": ["all"], "layer2+3+4+fc": ["layer2", "layer3", "layer4", "fc"],
            "layer3+4+fc": ["layer3", "layer4", "fc"], "layer4+fc": ["layer4", "fc"], "fc": ["fc"]}
 # A network and data sets small enough for a test: a few hundred milliseconds per run.
-TINY = ["widths=4,8,8,8", "blocks=1,1,1,1", "target_train=64", "target_test=32", "source_train=64",
-        "source_test=32", "pretrain_epochs=1", "pretrain_batch_size=32", "batch_size=32", "epochs=1",
-        "eval_batch_size=16", "wandb=disabled", "device=cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -112,13 +110,13 @@ def test_pretrained_weights_are_cached_once_and_reused(tmp_path, monkeypatch):
     assert not path.exists()
 
     torch.manual_seed(0)
-    first = TransferTask(cfg).build_model(cfg)
+    first = TransferTask(cfg).build_model()
     assert len(calls) == 1 and path.exists()
     saved = torch.load(path, weights_only=True)
     assert saved["spec"] == transfer.pretrain_spec(cfg) and 0 <= saved["source_test_accuracy"] <= 100
 
     torch.manual_seed(0)
-    second = TransferTask(cfg).build_model(cfg)
+    second = TransferTask(cfg).build_model()
     assert len(calls) == 1  # read from the cache, not pretrained again
     # Pretraining does not touch the caller's RNG: the new head is the same either way.
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
@@ -136,7 +134,7 @@ def test_pretrained_weights_are_cached_once_and_reused(tmp_path, monkeypatch):
 def test_scratch_does_not_pretrain(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "_pretrain", lambda *a: pytest.fail("pretrained"))
     cfg = quick_cfg(tmp_path, "train_all", "pretrained=false")
-    assert isinstance(TransferTask(cfg).build_model(cfg), transfer.SmallResNet)
+    assert isinstance(TransferTask(cfg).build_model(), transfer.SmallResNet)
 
 
 def test_quick_profile_end_to_end(tmp_path, capsys):
@@ -174,11 +172,11 @@ def test_paper_task_builds_torchvision_model_and_trains(tmp_path, monkeypatch, m
     cfg = paper_cfg(tmp_path, "multirate", f"model={model}")
     assert cfg.dataset == dataset and cfg.image_size == 32
     task = TransferTask(cfg)
-    net = task.build_model(cfg)
+    net = task.build_model()
     assert built == [model] and isinstance(net, torchvision.models.ResNet)
     assert net.fc.out_features == classes and net.fc.in_features == (2048 if model == "resnet50" else 512)
 
-    x, y = task.train_tensors(cfg, torch.device("cpu"))
+    x, y = task.train_tensors(torch.device("cpu"))
     assert x.shape == ((8 if dataset == "cifar100" else 40), 3, 32, 32) and x.dtype == torch.uint8
     xb, yb = task.batch((x[:4], y[:4]), torch.Generator().manual_seed(0))
     assert xb.shape == (4, 3, 32, 32) and xb.dtype == torch.float32
@@ -221,7 +219,7 @@ def test_partial_methods_freeze_exactly_the_intended_stages(tmp_path, monkeypatc
     monkeypatch.setattr(transfer, "imagenet_resnet", lambda name: getattr(torchvision.models, name)())
     overrides = ["pretrained=false"] if model == "small_resnet" else []
     cfg = (quick_cfg if model == "small_resnet" else paper_cfg)(tmp_path, method, *overrides)
-    net = TransferTask(cfg).build_model(cfg)
+    net = TransferTask(cfg).build_model()
     apply_train(net, cfg.train)
     stages = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
     trained_stages = stages if METHODS[method] == ["all"] else METHODS[method]

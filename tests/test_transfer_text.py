@@ -91,10 +91,10 @@ def test_pretraining_is_deterministic(tmp_path):
 
 def test_quick_model_loads_the_pretrained_encoder_and_a_fresh_head(tmp_path):
     cfg = quick_cfg(tmp_path)
-    model = T.TextTransfer(cfg).build_model(cfg)
+    model = T.TextTransfer(cfg).build_model()
     encoder = T.pretrained_encoder(cfg)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in encoder.items())
-    scratch = T.TextTransfer(cfg).build_model(quick_cfg(tmp_path, "distilbert_train_all", "init=scratch"))
+    scratch = T.TextTransfer(quick_cfg(tmp_path, "distilbert_train_all", "init=scratch")).build_model()
     key = "distilbert.transformer.layer.0.ffn.lin1.weight"
     assert not torch.equal(scratch.state_dict()[key], encoder[key])
 
@@ -159,7 +159,7 @@ def test_sst2_tokenised_into_tensors(sst2):
 
     cfg = paper_cfg(sst2)
     task = T.TextTransfer(cfg)
-    train = task.train_tensors(cfg, torch.device("cpu"))
+    train = task.train_tensors(torch.device("cpu"))
     assert [t.shape for t in train] == [(4, 64), (4, 64), (4,)]
     assert sorted(task.test[2].tolist()) == [0, 1] and task.test[0].shape == (2, 64)
     ids, mask, y = task.batch(train, torch.Generator())
@@ -205,7 +205,7 @@ def _under(name, prefixes):
 def test_methods_train_and_freeze_exactly_the_intended_layers(tmp_path, method):
     assert set(list_methods(T.TOML)) == set(EXPECTED_TRAIN)
     cfg = quick_cfg(tmp_path, method, "init=scratch")
-    model = T.TextTransfer(cfg).build_model(cfg)
+    model = T.TextTransfer(cfg).build_model()
     names = [n for n, _ in model.named_parameters()]
     apply_train(model, cfg.train)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,123 @@
+"""GPU speed options of a run (``amp``, ``channels_last``, ``compile``, ``cudnn_benchmark``), as
+small functions the runner calls; each keeps :class:`multirate.TrainStep`'s saving.
+
+    configure_backends(cfg, device)                  # cudnn.benchmark, once per run
+    model = prepare_model(model, cfg, device)        # after .to(device), before the optimizer
+    scaler = grad_scaler(cfg, device)                # fp16 only, else None
+    train_step = make_train_step(model, optimizer, scaler, reduce_grads)
+    loss = train_step(autocast_loss(functools.partial(task.loss, model, batch), cfg, device))
+    tensors = to_device(tensors, device)             # pinned host memory, non-blocking copy
+
+Why each keeps the saving (the fast step records no graph through the slow part):
+
+- ``amp``: the autocast region is entered inside the loss function, once per step, so autograd
+  still starts off and the forward pre-hooks of TrainStep still switch it on at the first fast
+  module. The region ends with the step, which empties autocast's cache of weight casts: a cast
+  made under no_grad is never reused where a gradient is needed. bf16 needs no loss scaling;
+  fp16 needs a ``torch.amp.GradScaler`` around backward and step, which TrainStep must drive
+  (``make_train_step`` refuses fp16 when TrainStep has no ``scaler`` argument).
+- ``channels_last``: a memory format of the parameters (and so of the convolutions' outputs);
+  grad modes are untouched.
+- ``compile``: ``nn.Module.compile`` compiles the module in place (parameter names, hence the
+  partitions and checkpoints, stay as they are). TorchDynamo traces TrainStep's forward pre-hooks
+  with the model and guards on their state, so the slow and the fast step get graphs of their
+  own, each with autograd off where TrainStep has it off: a compiled fast step saves exactly the
+  activations an eager one saves (tests/test_accel.py, with the aot_eager and inductor backends).
+  The first steps of each kind compile (seconds to minutes).
+- ``cudnn_benchmark``: picks convolution algorithms per input shape; on CUDA only.
+
+Pinned memory: ``to_device`` copies a host tensor through page-locked memory with
+``non_blocking=True``; the copy overlaps with the host's work and ends before any kernel on the
+device's current stream reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from experiments.config import RunConfig
+from multirate import TrainStep
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def configure_backends(cfg: RunConfig, device: torch.device) -> None:
+    """``torch.backends.cudnn.benchmark = cfg.cudnn_benchmark`` on CUDA (nothing elsewhere)."""
+    if cfg.cudnn_benchmark and cfg.deterministic:
+        raise ValueError("cudnn_benchmark=true with deterministic=true: benchmarking picks kernels by "
+                         "timing, so results would vary; set one of them to false")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+
+
+def prepare_model(model: nn.Module, cfg: RunConfig, device: torch.device,
+                  compile_backend: str = "inductor") -> nn.Module:
+    """The model (already on `device`) in channels-last format and/or compiled in place, per `cfg`.
+
+    Call it before building the optimizer (channels_last replaces the parameters' storage, not
+    the parameters, but the optimizer should see the final layout). Returns the same module.
+    """
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # 4-D parameters only; the rest is unchanged
+    if cfg.compile:
+        model.compile(backend=compile_backend)
+    return model
+
+
+@contextlib.contextmanager
+def autocast(cfg: RunConfig, device: torch.device):
+    """``torch.autocast`` of `device`'s type with cfg.amp's dtype; nothing for amp="none"."""
+    if cfg.amp == "none":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.amp]):
+        yield
+
+
+def autocast_loss(compute_loss: Callable[[], Tensor], cfg: RunConfig,
+                  device: torch.device) -> Callable[[], Tensor]:
+    """`compute_loss` run under `autocast` (one region per call, see the module docstring)."""
+    if cfg.amp == "none":
+        return compute_loss
+
+    def loss():
+        with autocast(cfg, device):
+            return compute_loss()
+    return loss
+
+
+def grad_scaler(cfg: RunConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """A GradScaler for amp="fp16" (fp16 gradients underflow without loss scaling), else None."""
+    return torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+
+
+def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None = None, reduce_grads=None) -> TrainStep:
+    """``TrainStep(model, optimizer, reduce_grads)``, with `scaler` passed on when there is one."""
+    if scaler is None:
+        return TrainStep(model, optimizer, reduce_grads=reduce_grads)
+    if "scaler" not in inspect.signature(TrainStep).parameters:
+        raise ValueError("amp='fp16' needs loss scaling inside multirate.TrainStep, which this version "
+                         "lacks (no `scaler` argument); use amp='bf16' (no scaling needed) or amp='none'")
+    return TrainStep(model, optimizer, reduce_grads=reduce_grads, scaler=scaler)
+
+
+def to_device(tensors: tuple[Tensor, ...], device: torch.device) -> tuple[Tensor, ...]:
+    """Each tensor on `device`; from the host to CUDA through pinned memory, without blocking.
+
+    The host tensors must not be modified until the device has used the copies (the caching host
+    allocator keeps the pinned buffers alive until then).
+    """
+    if device.type != "cuda":
+        return tuple(t.to(device) for t in tensors)
+    return tuple(t.pin_memory().to(device, non_blocking=True) if t.device.type == "cpu" else t.to(device)
+                 for t in tensors)
+
+
+__all__ = ["configure_backends", "prepare_model", "autocast", "autocast_loss", "grad_scaler",
+           "make_train_step", "to_device", "AMP_DTYPES"]

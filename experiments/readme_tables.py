@@ -1,0 +1,222 @@
+"""The README's result tables, generated from the committed reference (never typed in).
+
+    python -m experiments.reference readme           # rewrite the tables in README.md
+    python -m experiments.reference readme --check   # exit 1 if README.md is not up to date
+
+A table lives between ``<!-- reference:NAME -->`` and ``<!-- /reference -->`` in README.md; `BLOCKS`
+maps NAME to the function that renders it from the reference rows (`experiments.reference.read`).
+tests/test_readme_tables.py fails when a table and the reference disagree, so they cannot.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from experiments import reference
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCK = re.compile(r"(<!-- reference:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /reference -->)", re.S)
+
+# Our method names -> the paper's (its figures' legends).
+TRANSFER_NAMES = {
+    "train_all": "Train All", "multirate": "**Multirate** (fast = fc, k = 5)",
+    "layer2+3+4+fc": "Train Layer 2+3+4+fc", "layer3+4+fc": "Train Layer 3+4+fc",
+    "layer4+fc": "Train Layer 4+fc", "fc": "Train fc only", "train_all_scratch": "Train All from scratch",
+    "distilbert_train_all": "Train All", "distilbert_multirate": "**Multirate** (fast = head, k = 5)",
+    "distilbert_multirate_l5": "Multirate (fast = block 5 + head)",
+    "distilbert_train_345": "Train blocks 3+4+5 + head", "distilbert_train_45": "Train blocks 4+5 + head",
+    "distilbert_train_5": "Train block 5 + head", "distilbert_head_only": "Train head only",
+    "distilbert_untrained": "Untrained (no pretraining)",
+}
+PATCH_NAMES = {"small_lr": "small h (0.004)", "large_lr": "large h (0.1)",
+               "multirate": "**Multirate**, deep half fast",
+               "multirate_early": "Multirate, shallow half fast"}
+REG_NAMES = {"sgd": "SGD", "dropout": "SGD + dropout", "multirate": "**Multirate**, random subgroups"}
+
+
+class Runs:
+    """The reference rows of one profile, as {experiment: {run: {"method", "seed", metric: value}}}."""
+
+    def __init__(self, rows: list[dict]):
+        self.by_experiment: dict[str, dict[str, dict]] = defaultdict(dict)
+        for r in rows:
+            runs = self.by_experiment[r["experiment"]]
+            runs.setdefault(r["run"], dict(method=r["method"], seed=r["seed"]))[r["metric"]] = r["value"]
+
+    def values(self, experiment: str, method: str, metric: str) -> list[float]:
+        """`metric` of every seed of `method` in `experiment`, in seed order."""
+        runs = sorted((r for r in self.by_experiment.get(experiment, {}).values() if r["method"] == method),
+                      key=lambda r: r["seed"])
+        return [r[metric] for r in runs if metric in r]
+
+    def methods(self, experiment: str) -> list[str]:
+        return sorted({r["method"] for r in self.by_experiment.get(experiment, {}).values()})
+
+
+def mean_sd(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "not run"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
+
+
+def _seeds(runs: Runs, experiment: str, method: str, metric: str) -> int:
+    return len(runs.values(experiment, method, metric))
+
+
+def transfer_table(runs: Runs, part: str) -> str:
+    """Final test accuracy and training time per method; multirate's time ratio and gap to Train All."""
+    methods = [m for m in TRANSFER_NAMES if m in runs.methods("transfer")
+               and m.startswith("distilbert_") == (part == "distilbert")]
+    if not methods:
+        return "not run\n"
+    all_name = "distilbert_train_all" if part == "distilbert" else "train_all"
+    multi = "distilbert_multirate" if part == "distilbert" else "multirate"
+    base_time = mean(runs.values("transfer", all_name, "time_s"))
+    rows = []
+    for m in methods:
+        acc, secs = runs.values("transfer", m, "test_accuracy"), runs.values("transfer", m, "time_s")
+        rows.append([TRANSFER_NAMES[m], mean_sd(acc), f"{mean(secs):.1f}", f"{mean(secs) / base_time:.2f}"])
+    seeds = _seeds(runs, "transfer", multi, "test_accuracy")
+    text = markdown(["method", f"final test accuracy (%), mean ± sd, {seeds} seeds", "training time (s)",
+                     "time / Train All"], rows)
+    a, b = runs.values("transfer", multi, "test_accuracy"), runs.values("transfer", all_name, "test_accuracy")
+    if a and b:
+        gap = mean(b) - mean(a)
+        below = sum(x < y for x, y in zip(a, b))
+        ratio = base_time / mean(runs.values("transfer", multi, "time_s"))
+        text += (f"\nMultirate: {ratio:.2f}× shorter training than Train All, {gap:.2f} points below it "
+                 f"(below on {below} of {len(a)} seeds); times are this machine's, from the same runs.\n")
+    return text
+
+
+def patch_table(runs: Runs) -> str:
+    methods = [m for m in PATCH_NAMES if m in runs.methods("patch")]
+    metrics = ("clean_accuracy", "patched_accuracy", "patch_only_accuracy")
+    rows = [[PATCH_NAMES[m], *(mean_sd(runs.values("patch", m, x), 1) for x in metrics)] for m in methods]
+    seeds = _seeds(runs, "patch", methods[0], metrics[0]) if methods else 0
+    return markdown([f"method (final accuracy %, mean ± sd, {seeds} seeds)", "clean", "with patch",
+                     "patch only"], rows) if rows else "not run\n"
+
+
+def regularization_table(runs: Runs) -> str:
+    lm, mlp = "regularization_lm", "regularization_mlp"
+    methods = [m for m in REG_NAMES if m in runs.methods(lm) or m in runs.methods(mlp)]
+    rows = []
+    for m in methods:
+        low, final = runs.values(lm, m, "val_loss@min"), runs.values(lm, m, "val_loss")
+        epoch = runs.values(lm, m, "val_loss@min_epoch")
+        rise = [f - lo for f, lo in zip(final, low)]
+        rows.append([REG_NAMES[m], f"{mean_sd(low, 3)} ({mean(epoch):.0f})", mean_sd(final, 3),
+                     mean_sd(rise, 3), mean_sd(runs.values(lm, m, "test_ppl@best_val"), 2),
+                     mean_sd(runs.values(mlp, m, "test_accuracy"), 2)])
+    seeds = _seeds(runs, lm, "sgd", "val_loss")
+    return markdown([f"method (mean ± sd, {seeds} seeds)", "LM min val loss (epoch)", "LM final val loss",
+                     "LM rise after min", "LM test ppl at best val", "perceptron final acc. (%)"], rows)
+
+
+ABLATION_METRICS = {"transfer": ("test_accuracy",), "patch": ("clean_accuracy", "patch_only_accuracy"),
+                    "regularization_mlp": ("test_accuracy",)}
+
+
+def ablation_table(runs: Runs, name: str) -> str:
+    """One row per variant of ablation `name` (seed 0): its headline metrics and training time; for
+    the k grid also the speed-up and the gap to the train-all row of the same base optimizer."""
+    from experiments.ablations import ABLATIONS, variant_config
+
+    variants = ABLATIONS[name]
+    metrics = sorted({m for v in variants for m in ABLATION_METRICS[v.experiment]},
+                     key=lambda m: m != "test_accuracy")
+    rows, base = [], {}
+    for variant in variants:
+        run = variant_config(variant, "quick", 0, "results", name).run_name
+        r = runs.by_experiment.get(f"ablations/{name}/{variant.experiment}", {}).get(run)
+        if r is None:
+            rows.append([variant.label, *("not run" for _ in metrics), ""] + ["", ""] * (name == "k"))
+            continue
+        cells = [variant.label, *(f"{r[m]:.2f}" if m in r else "" for m in metrics), f"{r['time_s']:.1f}"]
+        if name == "k":
+            family = variant.label.split()[0]
+            if "train-all" in variant.label:
+                base[family] = r
+            b = base.get(family)
+            cells += [f"{b['time_s'] / r['time_s']:.2f}×" if b else "",
+                      f"{r['test_accuracy'] - b['test_accuracy']:+.2f}" if b and r is not b else ""]
+        rows.append(cells)
+    header = ["variant (seed 0)", *(m.replace("_", " ") + " (%)" for m in metrics), "time (s)"]
+    return markdown(header + (["speed-up", "gap to train-all"] if name == "k" else []), rows)
+
+
+def convergence_table(runs: Runs) -> str:
+    exp = runs.by_experiment.get("convergence", {})
+    longest = max((int(name.rsplit("-T", 1)[1]) for name in exp), default=0)
+    rows = []
+    for name, r in exp.items():
+        method, k, t = name.rsplit("-", 2)
+        if int(t[1:]) == longest:
+            rows.append([method, k[1:], f"{r['measured']:.3g}", f"{r['bound']:.3g}",
+                         f"{r['bound'] / r['measured']:.0f}×"])
+    rows.sort(key=lambda row: (row[0] != "sgd", int(row[1])))
+    header = [f"method (T = {longest})", "k", "measured (1/T)Σ‖∇f‖²", "bound", "bound / measured"]
+    return markdown(header, rows)
+
+
+BLOCKS: dict[str, Callable[[Runs], str]] = {
+    "transfer-resnet": lambda runs: transfer_table(runs, "resnet"),
+    "transfer-distilbert": lambda runs: transfer_table(runs, "distilbert"),
+    "patch": patch_table,
+    "regularization": regularization_table,
+    "ablation-k": lambda runs: ablation_table(runs, "k"),
+    "ablation-drift": lambda runs: ablation_table(runs, "drift"),
+    "ablation-fast": lambda runs: ablation_table(runs, "fast"),
+    "ablation-subgroups": lambda runs: ablation_table(runs, "subgroups"),
+    "claims": lambda runs: claims_table(),
+    "convergence": convergence_table,
+}
+
+
+def claims_table() -> str:
+    """Every claim, quick and cpu profiles side by side (a profile without a reference: "not run")."""
+    from experiments.claims import table
+
+    return table({p: Runs(reference.read(reference.path(p))) for p in ("quick", "cpu")})
+
+
+def render(text: str, runs: Runs) -> str:
+    """`text` with every reference block re-rendered from `runs`."""
+    def block(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise ValueError(f"README.md: unknown reference block {name!r}; known: {sorted(BLOCKS)}")
+        return match.group(1) + BLOCKS[name](runs) + match.group(4)
+
+    return BLOCK.sub(block, text)
+
+
+def main(check_only: bool = False, readme: Path = README) -> int:
+    text = readme.read_text()
+    new = render(text, Runs(reference.read(reference.path("quick"))))
+    if new == text:
+        print(f"{readme}: tables match the reference")
+        return 0
+    if check_only:
+        print(f"{readme}: tables differ from experiments/reference/quick.csv; "
+              "run `python -m experiments.reference readme`")
+        return 1
+    readme.write_text(new)
+    print(f"{readme}: tables rewritten from the reference")
+    return 0

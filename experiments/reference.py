@@ -1,0 +1,245 @@
+"""The committed reference: every result behind the figures, one row per run and summary metric.
+
+    python -m experiments.reference check  [--profile quick] [--experiment transfer,...] [--results-dir DIR]
+    python -m experiments.reference update [--profile quick] [--experiment transfer,...] [--results-dir DIR]
+    python -m experiments.reference slice  [--results-dir DIR]   # rerun the CI slice and check it
+    python -m experiments.reference readme [--check]             # README tables <- the reference
+
+``experiments/reference/<profile>.csv`` holds, for every complete run under ``results/<profile>/``
+(and the ablations' ``results/ablations/<name>/<profile>/``), its summary metrics (`summarize`):
+columns ``experiment, run, method, seed, metric, value``. ``experiment`` is the run's results folder
+relative to the profile (``transfer``, ``ablations/k/transfer``); ``run`` is its name, which
+hashes its whole config, so a run with other settings is a different row, never a mismatch.
+
+``check`` compares what is under ``results/`` with the reference and prints every mismatch: values
+must be equal to the bit (the determinism contract, `experiments.determinism`), except training
+times (metrics named ``time_s``), which are recorded for the README but never compared. A
+reference row without a result is "missing"; a result without a reference row is listed as "new".
+It exits 1 on any mismatch or missing row. ``update`` rewrites the selected experiments' rows.
+
+``slice`` is CI's reproduction check: the runs of ``experiments/reference/slice.toml`` (one method and
+seed per figure with a shortened, fixed config) into a fresh folder, then ``check`` against
+``experiments/reference/slice.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+from experiments.files import atomic_open
+
+FOLDER = Path(__file__).with_name("reference")
+COLUMNS = ("experiment", "run", "method", "seed", "metric", "value")
+NOT_COMPARED = ("time_s",)  # wall-clock: recorded, machine-dependent
+SKIP_DIRS = {"figures", "wandb", "slurm", "pretrained", "checkpoints", "sweeps"}
+
+
+# ----------------------------------------------------------------------------- summaries
+
+def summarize(rows: list[dict]) -> dict[str, float]:
+    """A run's summary metrics from its logged rows: every metric's value at the last evaluation,
+    the training time there (``time_s``) and, for a run that logs ``val_loss``, its minimum, the
+    epoch of the minimum and every other metric at that epoch (``<metric>@best_val``)."""
+    if not rows:
+        return {}
+    last = max(r["epoch"] for r in rows)
+    out = {r["metric"]: r["value"] for r in rows if r["epoch"] == last}
+    out["time_s"] = max(r["time_s"] for r in rows if r["epoch"] == last)
+    val = [r for r in rows if r["metric"] == "val_loss"]
+    if val:
+        best = min(val, key=lambda r: (r["value"], r["epoch"]))
+        out["val_loss@min"] = best["value"]
+        out["val_loss@min_epoch"] = float(best["epoch"])
+        out.update({f"{r['metric']}@best_val": r["value"] for r in rows
+                    if r["epoch"] == best["epoch"] and r["metric"] != "val_loss"})
+    return out
+
+
+def _run_rows(folder: Path, experiment: str) -> list[dict]:
+    """Reference rows of every complete run in one results folder."""
+    from experiments.runlog import read_record, read_run
+
+    out = []
+    for json_path in sorted(folder.glob("*.json")):
+        if read_record(json_path).get("status") != "complete":
+            continue
+        _, rows = read_run(json_path)  # verified: a damaged or missing CSV is refused, naming it
+        if not rows:
+            continue
+        for metric, value in summarize(rows).items():
+            out.append(dict(experiment=experiment, run=json_path.stem, method=rows[0]["method"],
+                            seed=rows[0]["seed"], metric=metric, value=value))
+    return out
+
+
+def _convergence_rows(path: Path, experiment: str) -> list[dict]:
+    """The convergence check writes one table, not runs: a row per (method, k, T) and quantity."""
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            run = f"{r['method']}-k{r['k']}-T{r['T']}"
+            for metric in ("measured", "measured_sd", "bound", "L", "M", "M_observed", "f0_minus_fstar"):
+                out.append(dict(experiment=experiment, run=run, method=r["method"], seed=-1,
+                                metric=metric, value=float(r[metric])))
+    return out
+
+
+def collect(results_dir: str | Path, profile: str) -> list[dict]:
+    """Reference rows for everything under `results_dir` of `profile`, sorted."""
+    results_dir = Path(results_dir)
+    folders = [(results_dir / profile, "")]
+    folders += [(p / profile, f"ablations/{p.name}/") for p in sorted((results_dir / "ablations").glob("*"))]
+    out = []
+    for root, prefix in folders:
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in SKIP_DIRS):
+            experiment = prefix + folder.name
+            if (folder / "convergence.csv").exists():
+                out += _convergence_rows(folder / "convergence.csv", experiment)
+            else:
+                out += _run_rows(folder, experiment)
+    return sorted(out, key=_key)
+
+
+def _key(row: dict) -> tuple:
+    return row["experiment"], row["run"], row["metric"]
+
+
+# ----------------------------------------------------------------------------- the file
+
+def path(profile: str) -> Path:
+    return FOLDER / f"{profile}.csv"
+
+
+def read(file: str | Path) -> list[dict]:
+    """The reference rows of `file` (values as floats: they round-trip exactly)."""
+    file = Path(file)
+    if not file.exists():
+        return []
+    with open(file, newline="") as f:
+        return [dict(r, seed=int(r["seed"]), value=float(r["value"])) for r in csv.DictReader(f)]
+
+
+def write(file: str | Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=_key))  # str(float) is repr: exact
+    with atomic_open(file, "w") as f:
+        f.write(buf.getvalue())
+
+
+def _selected(row: dict, experiments: list[str] | None) -> bool:
+    """`--experiment transfer` selects ``transfer`` and its ablations' ``ablations/*/transfer``."""
+    name = row["experiment"]
+    return not experiments or name in experiments or name.split("/")[-1] in experiments
+
+
+def compare(reference: list[dict], results: list[dict], experiments: list[str] | None = None
+            ) -> tuple[list[str], list[str]]:
+    """(problems, notes): mismatches and missing rows; results that have no reference row."""
+    ref = {_key(r): r for r in reference if _selected(r, experiments)}
+    got = {_key(r): r for r in results if _selected(r, experiments)}
+    problems, notes = [], []
+    for key, r in ref.items():
+        if r["metric"] in NOT_COMPARED:
+            continue
+        if key not in got:
+            problems.append(f"missing  {'/'.join(key)}: reference {r['value']!r}, no complete run")
+        elif not _equal(got[key]["value"], r["value"]):
+            problems.append(f"mismatch {'/'.join(key)}: reference {r['value']!r}, got {got[key]['value']!r}")
+    new_runs = sorted({(k[0], k[1]) for k in got if k not in ref})
+    notes += [f"new      {e}/{run}: not in the reference" for e, run in new_runs]
+    return problems, notes
+
+
+def _equal(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+# ----------------------------------------------------------------------------- commands
+
+def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
+          file: Path | None = None) -> int:
+    reference = read(file or path(profile))
+    if not reference:
+        print(f"{file or path(profile)}: no reference rows; run `python -m experiments.reference update`")
+        return 1
+    problems, notes = compare(reference, collect(results_dir, profile), experiments)
+    for line in notes:
+        print(line)
+    for line in problems:
+        print(line)
+    compared = sum(1 for r in reference if _selected(r, experiments) and r["metric"] not in NOT_COMPARED)
+    print(f"reference check ({profile}{', ' + ','.join(experiments) if experiments else ''}): "
+          f"{compared - len(problems)} of {compared} values equal, {len(problems)} mismatched or missing")
+    return 1 if problems else 0
+
+
+def update(profile: str, results_dir: str | Path, experiments: list[str] | None,
+           file: Path | None = None) -> int:
+    file = file or path(profile)
+    kept = [r for r in read(file) if not _selected(r, experiments)] if experiments else []
+    fresh = [r for r in collect(results_dir, profile) if _selected(r, experiments)]
+    write(file, kept + fresh)
+    print(f"{file}: {len(fresh)} rows from {results_dir} ({len(kept)} kept)")
+    return 0
+
+
+def slice_commands() -> list[list[str]]:
+    """The CI slice's commands, from slice.toml: ``[[run]] module = "...", args = [...]``."""
+    with open(FOLDER / "slice.toml", "rb") as f:
+        return [["-m", run["module"], *run["args"]] for run in tomllib.load(f)["run"]]
+
+
+def run_slice(results_dir: str | Path | None, update_reference: bool = False) -> int:
+    """Run the CI slice into `results_dir` (a fresh temporary folder by default), then check it."""
+    with tempfile.TemporaryDirectory(prefix="multirate-slice-") as tmp:
+        root = Path(results_dir or tmp)
+        for cmd in slice_commands():
+            full = [sys.executable, *cmd, f"results_dir={root}", "wandb=disabled"]
+            print("$", " ".join(full[1:]), flush=True)
+            if subprocess.run(full).returncode != 0:
+                print(f"slice run failed: {' '.join(full[1:])}")
+                return 1
+        file = FOLDER / "slice.csv"
+        if update_reference:
+            return update("quick", root, None, file)
+        return check("quick", root, None, file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Compare results with the committed reference, or update it.")
+    parser.add_argument("command", choices=("check", "update", "slice", "readme"))
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--experiment", default=None, help="comma-separated results folders (default: all)")
+    parser.add_argument("--results-dir", default=None, help="default: results (slice: a temporary folder)")
+    parser.add_argument("--update", action="store_true", help="slice: rewrite slice.csv instead of checking")
+    parser.add_argument("--check", action="store_true", help="readme: fail if the README is not up to date")
+    args = parser.parse_args(argv)
+    experiments = [e.strip() for e in args.experiment.split(",")] if args.experiment else None
+    if args.command == "check":
+        return check(args.profile, args.results_dir or "results", experiments)
+    if args.command == "update":
+        return update(args.profile, args.results_dir or "results", experiments)
+    if args.command == "slice":
+        return run_slice(args.results_dir, args.update)
+    from experiments import readme_tables
+
+    return readme_tables.main(check_only=args.check)
+
+
+if __name__ == "__main__":
+    from experiments import errors
+
+    errors.cli(main)

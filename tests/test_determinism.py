@@ -1,0 +1,144 @@
+"""The determinism contract (experiments/determinism.py): pinned CPU kernels, fixed threads,
+caches keyed by their source; and the committed reference that holds the results to it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import determinism, readme_tables, reference
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _python(code: str, **env) -> str:
+    """Run `code` in a fresh interpreter (the pins act before torch is imported) and return stdout."""
+    full = {k: v for k, v in os.environ.items() if k not in determinism.X86_PINS and k != determinism.NATIVE}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full, cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+CAPABILITY = "import experiments, torch; print(torch.backends.cpu.get_cpu_capability())"
+
+
+@pytest.mark.skipif(not determinism.has_avx2(), reason="pinning applies to x86-64 CPUs with AVX2")
+def test_importing_experiments_pins_the_kernels_before_torch_starts():
+    assert _python(CAPABILITY) == "AVX2"
+    env = _python("import experiments, os; print(os.environ['ONEDNN_MAX_CPU_ISA'], os.environ['MKL_CBWR'])")
+    assert env == "AVX2 AVX2"
+
+
+@pytest.mark.skipif(not determinism.has_avx2(), reason="pinning applies to x86-64 CPUs with AVX2")
+def test_a_users_setting_and_the_native_switch_win():
+    assert _python(CAPABILITY, ATEN_CPU_CAPABILITY="default") == "DEFAULT"
+    native = _python("import experiments, os; print(os.environ.get('ATEN_CPU_CAPABILITY'))",
+                     MULTIRATE_NATIVE_CPU="1")
+    assert native == "None"
+
+
+def test_apply_sets_threads_and_deterministic_mode():
+    code = ("import experiments, torch; from experiments.config import RunConfig; "
+            "from experiments.determinism import apply; apply(RunConfig(threads=1, deterministic=True)); "
+            "print(torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())")
+    assert _python(code, OMP_NUM_THREADS="2") == "1 True"
+
+
+def test_code_key_changes_with_the_source(tmp_path, monkeypatch):
+    module = tmp_path / "cache_source.py"
+    module.write_text("def produce():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import cache_source
+
+    before = determinism.code_key(cache_source.produce)
+    assert before == determinism.code_key(cache_source)  # the same file
+    module.write_text("def produce():\n    return 2\n")
+    assert determinism.code_key(cache_source.produce) != before
+
+
+def test_pretraining_caches_are_keyed_by_code():
+    from experiments.transfer import TransferConfig, pretrain_spec
+    from experiments.transfer_text import TextTransferConfig
+    from experiments.transfer_text import pretrain_spec as text_spec
+
+    assert len(pretrain_spec(TransferConfig())["code"]) == 16
+    assert len(text_spec(TextTransferConfig())["code"]) == 16
+
+
+# ----------------------------------------------------------------------------- the reference
+
+def _rows(epochs=3, **final):
+    rows = []
+    for e in range(1, epochs + 1):
+        for metric, value in {"test_accuracy": 50.0 + e, "val_loss": [2.0, 1.5, 1.7][e - 1], **(
+                final if e == epochs else {})}.items():
+            rows.append(dict(run="m-seed0-x", experiment="x", method="m", seed=0, epoch=e, step=10 * e,
+                             metric=metric, value=value, time_s=1.5 * e))
+    return rows
+
+
+def test_summarize_takes_the_last_evaluation_and_the_best_validation_epoch():
+    s = reference.summarize(_rows())
+    assert s["test_accuracy"] == 53.0 and s["time_s"] == 4.5
+    assert s["val_loss@min"] == 1.5 and s["val_loss@min_epoch"] == 2.0 and s["test_accuracy@best_val"] == 52.0
+
+
+def _ref(value, metric="test_accuracy", run="r1"):
+    return dict(experiment="transfer", run=run, method="m", seed=0, metric=metric, value=value)
+
+
+def test_compare_is_exact_and_ignores_times():
+    assert reference.compare([_ref(78.52)], [_ref(78.52)]) == ([], [])
+    problems, _ = reference.compare([_ref(78.52)], [_ref(78.52 + 1e-12)])
+    assert len(problems) == 1 and problems[0].startswith("mismatch transfer/r1/test_accuracy")
+    assert reference.compare([_ref(10.0, "time_s")], [_ref(99.0, "time_s")]) == ([], [])
+
+
+def test_compare_reports_missing_and_new_runs_and_selects_experiments():
+    problems, notes = reference.compare([_ref(1.0)], [_ref(1.0, run="r2")])
+    assert problems[0].startswith("missing  transfer/r1") and notes[0].startswith("new      transfer/r2")
+    ablation = dict(_ref(2.0), experiment="ablations/k/transfer")
+    assert len(reference.compare([ablation], [], ["transfer"])[0]) == 1
+    assert reference.compare([ablation], [], ["patch"]) == ([], [])
+
+
+def test_collect_reads_complete_runs_and_update_check_round_trip(tmp_path):
+    from experiments.runlog import write_csv
+
+    folder = tmp_path / "quick" / "transfer"
+    folder.mkdir(parents=True)
+    for name, status in (("m-seed0-x", "complete"), ("m-seed1-x", "running")):
+        write_csv(folder / f"{name}.csv", [dict(r, run=name) for r in _rows()])
+        (folder / f"{name}.json").write_text(f'{{"run": "{name}", "status": "{status}", "config": {{}}}}')
+    rows = reference.collect(tmp_path, "quick")
+    assert {r["run"] for r in rows} == {"m-seed0-x"}
+    file = tmp_path / "ref.csv"
+    reference.update("quick", tmp_path, None, file)
+    assert reference.read(file) == rows
+    assert reference.check("quick", tmp_path, None, file) == 0
+    write_csv(folder / "m-seed0-x.csv", [dict(r, run="m-seed0-x", value=78.0) for r in _rows()])
+    assert reference.check("quick", tmp_path, None, file) == 1
+
+
+def test_the_committed_reference_is_tidy():
+    rows = reference.read(reference.path("quick"))
+    assert rows, "experiments/reference/quick.csv is empty"
+    keys = [(r["experiment"], r["run"], r["metric"]) for r in rows]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+def test_readme_tables_equal_the_reference():
+    text = readme_tables.README.read_text()
+    assert readme_tables.BLOCK.search(text), "README.md has no reference blocks"
+    assert readme_tables.render(text, readme_tables.Runs(reference.read(reference.path("quick")))) == text, (
+        "README.md's tables differ from experiments/reference/quick.csv: run "
+        "`python -m experiments.reference readme`")
+
+
+def test_slice_commands_name_experiment_modules():
+    commands = reference.slice_commands()
+    assert {c[1] for c in commands} >= {
+        "experiments.transfer", "experiments.transfer_text", "experiments.patch",
+        "experiments.regularization_lm", "experiments.regularization_mlp", "experiments.convergence"}

@@ -1,0 +1,312 @@
+"""The experiment registry (experiments.registry): its entries, the Makefile against it, the import
+rules, and a toy fourth experiment added in the five places an experiment needs."""
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments import ablations, registry, report, slurm, sweep
+from experiments.config import experiment_config, list_methods, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _file(module: str) -> Path:
+    return ROOT / (module.replace(".", "/") + ".py")
+
+
+# ----------------------------------------------------------------------------- the entries
+
+@pytest.mark.parametrize("name", list(registry.EXPERIMENTS))
+def test_every_entry_names_modules_files_and_functions_that_exist(name):
+    exp = registry.EXPERIMENTS[name]
+    assert _file(exp.figure).exists()
+    assert callable(registry.resolve(exp.report)) if exp.report else True
+    for part in exp.parts:
+        module = registry.entry_point(part.name)
+        assert module.__name__ == part.module and callable(module.main)
+        config_cls, toml = experiment_config(module)
+        assert toml == part.toml_path  # the module's TOML is the registry's
+        method = (list_methods(toml) or ["all"])[0]
+        cfg = load_config(config_cls, toml, "quick", method)
+        assert cfg.experiment == part.results_folder  # results/<profile>/<folder>/ as the registry says
+
+
+def test_lookups_and_their_errors():
+    assert registry.part("transfer").module == "experiments.transfer"
+    assert registry.part("experiments.regularization_lm").name == "regularization_lm"
+    assert registry.part("patch").metrics == ("clean_accuracy", "patched_accuracy", "patch_only_accuracy")
+    with pytest.raises(ValueError, match="unknown experiment entry point 'nope'.*'transfer'"):
+        registry.part("nope")
+    with pytest.raises(ValueError, match="unknown experiment 'nope'.*'convergence'"):
+        registry.experiment("nope")
+    for missing in ("no_such_module_xyz", "experiments.no_such_module", "no_such_package.module"):
+        with pytest.raises(ValueError, match=f"unknown experiment entry point '{missing}'"):
+            registry.entry_point(missing)
+    assert registry.entry_point("json").__name__ == "json"  # any importable module: one's own experiment
+
+
+def test_commands_are_the_makefiles():
+    py = sys.executable
+    assert registry.commands("transfer", "paper", "0,1,2") == [
+        [py, "-m", "experiments.transfer", "--profile", "paper", "--seeds", "0,1,2", "model=resnet50"],
+        [py, "-m", "experiments.transfer", "--profile", "paper", "--seeds", "0,1,2", "model=resnet34"],
+        [py, "-m", "experiments.transfer_text", "--profile", "paper", "--seeds", "0,1,2"],
+        [py, "-m", "figures.transfer", "--profile", "paper"]]
+    draw = [py, "-m", "figures.patch", "--profile", "quick", "--results-dir", "r"]
+    assert registry.commands("patch", results_dir="r")[-1] == draw
+
+
+def _make_targets() -> dict[str, str]:
+    """Makefile target -> its recipe (the tab-indented lines under it)."""
+    targets, current = {}, None
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        match = re.match(r"^([a-z][\w-]*):", line)
+        if match:
+            current = match[1]
+            targets[current] = ""
+        elif line.startswith("\t") and current:
+            targets[current] += line + "\n"
+        elif not line.strip() or re.match(r"^(ifeq|ifneq|ifdef|ifndef|else|endif)\b", line):
+            continue  # conditionals inside a recipe
+        else:
+            current = None
+    return targets
+
+
+@pytest.mark.parametrize("name", list(registry.EXPERIMENTS))
+def test_makefile_target_runs_what_the_registry_says(name):
+    """`make fig-<name>` (or `make <name>`) runs every part of the entry and draws its figure."""
+    targets = _make_targets()
+    target = f"fig-{name}" if f"fig-{name}" in targets else name
+    assert target in targets, f"the Makefile has no target fig-{name} or {name}"
+    modules = set(re.findall(r"-m (experiments\.\w+)", targets[target]))
+    assert modules == {p.module for p in registry.EXPERIMENTS[name].parts}
+    assert set(re.findall(r"-m (figures\.\w+)", targets[target])) == {registry.EXPERIMENTS[name].figure}
+
+
+def test_command_line_lists_prints_and_checks(capsys):
+    assert registry.main([]) == 0
+    assert "python -m experiments.transfer_text" in capsys.readouterr().out
+    assert registry.main(["--names"]) == 0
+    assert capsys.readouterr().out.split() == list(registry.EXPERIMENTS)
+    assert registry.main(["convergence", "--commands", "--seeds", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        "-m experiments.convergence --profile quick --seeds 0")
+    assert registry.main(["--check-imports"]) == 0
+    assert "import rules hold" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        registry.main(["nope", "--commands"])
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the import rules
+
+def test_the_import_rules_hold():
+    assert registry.import_violations() == []
+
+
+def test_the_import_check_finds_each_kind_of_violation(tmp_path):
+    files = {
+        "experiments/__init__.py": "",
+        "experiments/alpha.py": "from experiments.helper import thing\n",  # alpha -> helper -> beta
+        "experiments/helper.py": "def thing():\n    from experiments import beta\n",
+        "experiments/beta.py": "import experiments.shared\n",
+        "experiments/shared.py": "import torch\n",
+        "experiments/driver.py": "import importlib\nimportlib.import_module('experiments.beta')\n",
+        "experiments/report.py": "def f():\n    from figures.table import rows\n",
+        "figures/__init__.py": "",
+        "figures/table.py": "from experiments import alpha\n",  # figures may import experiments
+        "multirate/__init__.py": "from .core import x\n",
+        "multirate/core.py": "from experiments.shared import y\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    problems = registry.import_violations(tmp_path, ["experiments.alpha", "experiments.beta"])
+    assert [p.split(":")[0] for p in problems] == [
+        "experiments.alpha imports the experiment experiments.beta (experiments.alpha -> experiments.helper "
+        "-> experiments.beta)",
+        "experiments.driver imports the experiment experiments.beta (experiments.driver -> experiments.beta)",
+        "experiments.helper imports the experiment experiments.beta (experiments.helper -> experiments.beta)",
+        "experiments.report imports figures.table",
+        "multirate.core imports experiments.shared"]
+
+
+def test_the_import_check_runs_from_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "experiments.registry", "--check-imports"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("import rules hold")
+
+
+# ----------------------------------------------------------------------------- a toy fourth experiment
+
+TOY_MODULE = '''
+"""A toy experiment: a two-layer net fitting a smooth function, multirate (fast = fc) against SGD."""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments import runner
+from experiments.config import RunConfig
+
+TOML = Path(__file__).with_name("toy_exp.toml")
+
+
+@dataclass
+class ToyConfig(RunConfig):
+    n: int = 64
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.fc = nn.Linear(4, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.body(x)))
+
+
+class Toy(runner.Task):
+    def data(self, n, seed):
+        x = torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+        return x, x.sum(1, keepdim=True).sin()
+
+    def build_model(self):
+        return Net()
+
+    def train_tensors(self, device):
+        return self.data(self.cfg.n, 1)
+
+    def loss(self, model, batch):
+        x, y = batch
+        return F.mse_loss(model(x), y)
+
+    def evaluate(self, model, device):
+        x, y = self.data(100, 2)
+        return {"test_loss": F.mse_loss(model(x), y).item()}
+
+
+def main(argv=None):
+    return runner.main(argv, ToyConfig, TOML, Toy)
+'''
+
+TOY_TOML = '''
+experiment = "toy"
+epochs = 2
+batch_size = 16
+wandb = "disabled"
+device = "cpu"
+checkpoint = false
+[methods.sgd]
+optimizer = "sgd"
+lr = 0.05
+[methods.multirate]
+optimizer = "multirate"
+lr = 0.05
+k = 2
+fast = ["fc"]
+'''
+
+TOY_FIGURE = '''
+"""The toy experiment's figure: final test loss per method."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments.runlog import last_epoch, read_results  # noqa: E402
+from figures import results_root, save  # noqa: E402
+
+
+def main(argv=None):
+    root = results_root(__doc__, argv)
+    final = last_epoch(read_results(root / "toy", only_complete=True))
+    table = final.groupby("method", as_index=False).value.mean()
+    fig, ax = plt.subplots()
+    ax.bar(table.method, table.value)
+    return save(fig, table, root, "toy")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """The five places of a new experiment: module, TOML, figure script, registry entry, tests (this
+    one). Written to tmp_path and registered at run time; in the repository they are
+    experiments/toy_exp.py, experiments/configs/toy_exp.toml, figures/toy.py and one Experiment in
+    experiments/registry.py."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "toy_exp.py").write_text(textwrap.dedent(TOY_MODULE))
+    (code / "toy_exp.toml").write_text(TOY_TOML)
+    (code / "toy_figure.py").write_text(textwrap.dedent(TOY_FIGURE))
+    monkeypatch.syspath_prepend(str(code))
+    entry = registry.Experiment("toy", (registry.Part("toy_exp", str(code / "toy_exp.toml"),
+                                                      metrics=("test_loss",)),), "toy_figure", title="Toy")
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", entry)
+    yield tmp_path / "results"
+    for name in ("toy_exp", "toy_figure"):
+        sys.modules.pop(name, None)
+
+
+def test_a_toy_fourth_experiment_is_run_drawn_reported_submitted_ablated_and_swept(toy, monkeypatch):
+    results = toy
+    # Its commands (what `make fig-toy` would run through `python -m experiments.registry toy --run`),
+    # here in this process: the runs, then the figure.
+    *runs, draw = registry.commands("toy", "quick", "0,1", [f"results_dir={results}"], str(results))
+    assert [cmd[2] for cmd in runs] == ["toy_exp"] and draw[2] == "toy_figure"
+    for cmd in runs:
+        assert [r["status"] for r in registry.entry_point(cmd[2]).main(cmd[3:])] == ["complete"] * 4
+    figures = registry.entry_point(draw[2]).main(draw[3:])
+    assert (figures / "toy.png").exists()
+    assert set(pd.read_csv(figures / "toy.csv").method) == {"sgd", "multirate"}
+
+    # The report: a generic section, as the entry names no section of its own.
+    text = report.report(results, "quick")
+    assert "## Toy" in text and "### toy_exp: final-epoch values" in text
+    assert re.search(r"\| multirate \| test_loss \| 2 \| \d+\.\d\d ± \d+\.\d\d \| ", text)
+    assert "![toy](figures/toy.png)" in text
+
+    # Slurm: one array task per method x seed, and the figure job.
+    tasks = slurm.array_tasks("toy", "quick", [0, 1])
+    assert len(tasks) == 4
+    assert tasks[0] == ["toy_exp", "--profile", "quick", "--method", "sgd", "--seeds", "0"]
+    assert "-m toy_figure --profile quick" in slurm.figure_script("toy", "quick", "r", "job", results)
+
+    # An ablation over it, and its table.
+    variant = ablations.Variant("k=3", "toy_exp", "multirate", ("k=3",))
+    monkeypatch.setitem(ablations.ABLATIONS, "toy_k", [variant])
+    assert [r["status"] for r in ablations.run_ablation("toy_k", "quick", [0], results)] == ["complete"]
+    final = ablations.final_rows("toy_k", results, "quick")
+    assert list(final.metric) == ["test_loss"] and list(final.k) == [3]
+
+    # A sweep over it.
+    swept = sweep.Sweep(module="toy_exp", method="multirate", parameters={"k": {"values": [1, 4]}})
+    assert [cfgs[0].k for _, cfgs in sweep.configs(swept)] == [1, 4]
+
+
+def test_no_test_file_imports_another():
+    """Shared test helpers live in tests/helpers.py (and fixtures in tests/conftest.py)."""
+    not_moved_yet = {("test_optimizer_bases", "test_optimizer"), ("test_partition", "test_optimizer"),
+                     ("test_patch", "test_data"), ("test_regularization", "test_data"),
+                     ("test_transfer", "test_data"), ("test_tracking", "test_runlog")}
+    arrows = set()
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for module in registry.imports(path, f"tests.{path.stem}"):
+            name = module.rpartition(".")[2]
+            if name.startswith("test_") and name != path.stem:
+                arrows.add((path.stem, name))
+    assert arrows == not_moved_yet
