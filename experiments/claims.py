@@ -135,8 +135,9 @@ def summary(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
 
 
-def table(profiles: dict[str, object]) -> str:
-    """A Markdown table: each claim's paper value, then per profile the mean ± sd and the verdict."""
+def table(profiles: dict[str, object], missing: str = "not run") -> str:
+    """A Markdown table: each claim's paper value, then per profile the mean ± sd and the verdict
+    (`missing` where a profile has no runs for the claim)."""
     header = ["claim", "quantity", "paper", *(f"{p}: ours, verdict" for p in profiles),
               "rule (mean over seeds)"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
@@ -144,7 +145,7 @@ def table(profiles: dict[str, object]) -> str:
         cells = [claim.name, claim.quantity, f"{claim.paper:.2f}"]
         for runs in profiles.values():
             values = per_seed(claim, runs)
-            cells.append(f"{summary(values)}: {claim.rule(statistics.mean(values))}" if values else "not run")
+            cells.append(f"{summary(values)}: {claim.rule(statistics.mean(values))}" if values else missing)
         cells.append(str(claim.rule))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

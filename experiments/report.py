@@ -263,6 +263,16 @@ def ablation_section(results_dir: Path, profile: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def claims_section(results_dir: Path, profile: str) -> str:
+    """Each claim of the paper as the quantity it is about, per seed, with its verdict
+    (experiments/claims.py), from the complete runs under results/<profile>."""
+    from experiments.claims import table
+    from experiments.readme_tables import Runs
+    from experiments.reference import collect
+
+    return "## The paper's claims\n\n" + table({profile: Runs(collect(results_dir, profile))}, missing="—")
+
+
 def report(results_dir: str | Path, profile: str) -> str:
     """The Markdown text of results/<profile>/REPORT.md."""
     results_dir = Path(results_dir)
@@ -270,6 +280,7 @@ def report(results_dir: str | Path, profile: str) -> str:
     figures = sorted((root / "figures").glob("*.png"))
     figure_text = "\n\n".join(f"### {f.stem}\n\n![{f.stem}](figures/{f.name})" for f in figures)
     sections = [f"# Reproduction report: {profile} profile\n", PAPER_NOTE + ".\n",
+                claims_section(results_dir, profile),
                 *(section(experiment, root) for experiment in registry.EXPERIMENTS.values()),
                 ablation_section(results_dir, profile),
                 "## Figures\n\n" + (figure_text or "no figures") + "\n"]
