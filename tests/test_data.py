@@ -401,7 +401,14 @@ def test_load_sst2_through_datasets(tmp_path, monkeypatch):
     assert set(splits) == {"train", "dev"} and not (tmp_path / "root").exists()  # no zip fetched
 
 
+def hub_online(monkeypatch):
+    """Both Hugging Face offline switches off (another test module sets HF_HUB_OFFLINE at import)."""
+    for switch in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(switch, raising=False)
+
+
 def test_load_sst2_falls_back_to_the_checksummed_zip(tmp_path, monkeypatch, capsys):
+    hub_online(monkeypatch)
     sst2_zip(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "datasets", FakeDatasets(fail=True))
     splits = data.load_sst2(tmp_path / "root")
@@ -415,6 +422,7 @@ def test_load_sst2_falls_back_to_the_checksummed_zip(tmp_path, monkeypatch, caps
 
 @pytest.mark.parametrize("switch", ["HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"])
 def test_load_sst2_offline_never_downloads(tmp_path, monkeypatch, switch):
+    hub_online(monkeypatch)
     sst2_zip(tmp_path, monkeypatch)
     monkeypatch.setenv(switch, "1")
     monkeypatch.setitem(sys.modules, "datasets", FakeDatasets(fail=True))
