@@ -139,9 +139,10 @@ def write(file: str | Path, rows: list[dict]) -> None:
 
 
 def _selected(row: dict, experiments: list[str] | None) -> bool:
-    """`--experiment transfer` selects ``transfer`` and its ablations' ``ablations/*/transfer``."""
+    """`--experiment transfer` selects the folder ``transfer`` (what `make fig-transfer` writes);
+    ``ablations`` selects every ablation, ``ablations/k`` one of them."""
     name = row["experiment"]
-    return not experiments or name in experiments or name.split("/")[-1] in experiments
+    return not experiments or any(name == e or name.startswith(e + "/") for e in experiments)
 
 
 def compare(reference: list[dict], results: list[dict], experiments: list[str] | None = None

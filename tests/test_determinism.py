@@ -100,8 +100,9 @@ def test_compare_reports_missing_and_new_runs_and_selects_experiments():
     problems, notes = reference.compare([_ref(1.0)], [_ref(1.0, run="r2")])
     assert problems[0].startswith("missing  transfer/r1") and notes[0].startswith("new      transfer/r2")
     ablation = dict(_ref(2.0), experiment="ablations/k/transfer")
-    assert len(reference.compare([ablation], [], ["transfer"])[0]) == 1
-    assert reference.compare([ablation], [], ["patch"]) == ([], [])
+    assert len(reference.compare([ablation], [], ["ablations"])[0]) == 1
+    assert len(reference.compare([ablation], [], ["ablations/k"])[0]) == 1
+    assert reference.compare([ablation], [], ["transfer"]) == ([], [])  # what make fig-transfer writes
 
 
 def test_collect_reads_complete_runs_and_update_check_round_trip(tmp_path):
