@@ -139,8 +139,7 @@ def ablation_table(runs: Runs, name: str) -> str:
     from experiments.ablations import ABLATIONS, variant_config
 
     variants = ABLATIONS[name]
-    metrics = sorted({m for v in variants for m in ABLATION_METRICS[v.experiment]},
-                     key=lambda m: m != "test_accuracy")
+    metrics = list(dict.fromkeys(m for v in variants for m in ABLATION_METRICS[v.experiment]))  # in order
     rows, base = [], {}
     for variant in variants:
         run = variant_config(variant, "quick", 0, "results", name).run_name
