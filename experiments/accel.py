@@ -14,8 +14,9 @@ Why each keeps the saving (the fast step records no graph through the slow part)
   still starts off and the forward pre-hooks of TrainStep still switch it on at the first fast
   module. The region ends with the step, which empties autocast's cache of weight casts: a cast
   made under no_grad is never reused where a gradient is needed. bf16 needs no loss scaling;
-  fp16 needs a ``torch.amp.GradScaler`` around backward and step, which TrainStep must drive
-  (``make_train_step`` refuses fp16 when TrainStep has no ``scaler`` argument).
+  fp16 needs a ``torch.amp.GradScaler`` (``grad_scaler``), which TrainStep drives: it scales the
+  loss, unscales the gradients before ``reduce_grads`` and skips a step with inf/nan gradients
+  without advancing Multirate's cycle.
 - ``channels_last``: a memory format of the parameters (and so of the convolutions' outputs);
   grad modes are untouched.
 - ``compile``: ``nn.Module.compile`` compiles the module in place (parameter names, hence the
@@ -34,7 +35,6 @@ device's current stream reads it.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable
 
 import torch
@@ -98,12 +98,7 @@ def grad_scaler(cfg: RunConfig, device: torch.device) -> torch.amp.GradScaler | 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None = None, reduce_grads=None) -> TrainStep:
-    """``TrainStep(model, optimizer, reduce_grads)``, with `scaler` passed on when there is one."""
-    if scaler is None:
-        return TrainStep(model, optimizer, reduce_grads=reduce_grads)
-    if "scaler" not in inspect.signature(TrainStep).parameters:
-        raise ValueError("amp='fp16' needs loss scaling inside multirate.TrainStep, which this version "
-                         "lacks (no `scaler` argument); use amp='bf16' (no scaling needed) or amp='none'")
+    """``TrainStep(model, optimizer, reduce_grads, scaler)``, `scaler` from ``grad_scaler`` or None."""
     return TrainStep(model, optimizer, reduce_grads=reduce_grads, scaler=scaler)
 
 

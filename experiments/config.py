@@ -43,7 +43,7 @@ NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "
 # Fields added after runs were recorded: left out of the hash while at their default, so that
 # those runs keep their names (and are not trained again).
 HASHED_IF_CHANGED = ("nesterov", "betas", "eps", "threads", "deterministic", "amp", "channels_last",
-                     "compile", "cudnn_benchmark")
+                     "compile", "cudnn_benchmark", "lr_batch")
 
 # Chosen by arguments (--profile/--method), never by a file or an override.
 _RESERVED = {"profile": "--profile", "method": "--method"}
@@ -63,6 +63,10 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1  # for multirate: the slow step size h (fast steps use h/k)
+    # The batch size `lr` is quoted for (0: batch_size). The optimizer steps with
+    # lr * batch_size / lr_batch (`step_lr`, the linear scaling rule), which keeps SGD's noise
+    # h / B and its distance per epoch when a profile runs the paper's h at a smaller batch.
+    lr_batch: int = 0
     k: int = 1
     momentum: float = 0.9
     nesterov: bool = False  # SGD bases ("sgd", "multirate")
@@ -111,6 +115,7 @@ class RunConfig:
             ("k", self.k >= 1, ">= 1"),
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("lr", self.lr >= 0, ">= 0"),
+            ("lr_batch", self.lr_batch >= 0, ">= 0 (0: the lr is for batch_size itself)"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("nesterov", not self.nesterov or self.momentum > 0, "false when momentum = 0"),
@@ -126,6 +131,11 @@ class RunConfig:
             ("amp", self.amp in AMP_MODES, f"one of {AMP_MODES}"),
         ]
         require(self, checks)
+
+    @property
+    def step_lr(self) -> float:
+        """The step size the optimizer is built with: lr, scaled to batch_size when lr_batch is set."""
+        return self.lr * self.batch_size / self.lr_batch if self.lr_batch else self.lr
 
     @property
     def run_name(self) -> str:

@@ -239,7 +239,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    profile, methods, seeds, overrides = parse_cli(argv)
+    profile, methods, seeds, overrides = parse_cli(argv, ConvergenceConfig, TOML)
     if methods:
         raise SystemExit("experiments.convergence: every method runs together; drop --method")
     if seeds is not None:

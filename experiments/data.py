@@ -445,26 +445,21 @@ def hub_offline() -> bool:
                for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def load_sst2(root: str | Path | None = None) -> dict[str, tuple[list[str], Tensor]]:
+def load_sst2(root: str | Path | None = None, hub: bool = True) -> dict[str, tuple[list[str], Tensor]]:
     """SST-2's labelled splits, {"train": ..., "dev": ...}, each (sentences, labels int64 0/1).
 
-    Through Hugging Face ``datasets`` (`SST2_HUB`, its cache; offline, its cache only) when it is
-    installed; otherwise, or when that fails (the reason is printed), from GLUE's zip under `root`
-    (`fetch_sst2`, MD5-checked), which with the offline switch on must already be there. GLUE's
-    test split has no labels and is not returned.
+    Through Hugging Face ``datasets`` (`load_sst2_hub`: its cache; offline, its cache only) when it
+    is installed and `hub` is true; otherwise, or when that fails (the reason is printed), from
+    GLUE's zip under `root` (`fetch_sst2`, MD5-checked), which with the offline switch on must
+    already be there. GLUE's test split has no labels and is not returned.
     """
-    try:
-        import datasets
-    except ImportError:
-        datasets = None
-    if datasets is not None:
+    if hub:
         try:
-            hub = datasets.load_dataset(*SST2_HUB)
-            return {split: (list(hub[name]["sentence"]), torch.tensor(hub[name]["label"], dtype=torch.int64))
-                    for split, name in (("train", "train"), ("dev", "validation"))}
+            return load_sst2_hub()
         except Exception as err:  # not cached offline, no network, hub changes: the zip is the fallback
-            print(f"SST-2 from the Hugging Face hub failed ({type(err).__name__}: {err}); "
-                  f"reading GLUE's SST-2.zip instead", file=sys.stderr)
+            if not (isinstance(err, ModuleNotFoundError) and err.name == "datasets"):  # else silently
+                print(f"SST-2 from the Hugging Face hub failed ({type(err).__name__}: {err}); "
+                      f"reading GLUE's SST-2.zip instead", file=sys.stderr)
     folder = (Path(root) if root is not None else data_root()) / "SST-2"
     if hub_offline() and not folder.is_dir():
         raise DownloadError(f"SST-2 is in neither the Hugging Face cache nor {folder}, and "
@@ -472,6 +467,18 @@ def load_sst2(root: str | Path | None = None) -> dict[str, tuple[list[str], Tens
                             f"or unpack {SST2_URL} into {folder.parent}")
     folder = fetch_sst2(root)
     return {split: load_sst2_tsv(folder / f"{split}.tsv") for split in ("train", "dev")}
+
+
+def load_sst2_hub() -> dict[str, tuple[list[str], Tensor]]:
+    """SST-2's {"train", "dev"} splits from the Hugging Face hub (`SST2_HUB`) or ``datasets``'s cache.
+
+    Raises ImportError without ``datasets``, and whatever ``datasets.load_dataset`` raises.
+    """
+    import datasets
+
+    hub = datasets.load_dataset(*SST2_HUB)
+    return {split: (list(hub[name]["sentence"]), torch.tensor(hub[name]["label"], dtype=torch.int64))
+            for split, name in (("train", "train"), ("dev", "validation"))}
 
 
 def load_sst2_tsv(path: str | Path) -> tuple[list[str], Tensor]:

@@ -26,11 +26,11 @@ import json
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from experiments.files import atomic_open
 from multirate import Multirate, TrainStep, partition
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
@@ -222,8 +222,8 @@ def main(argv=None) -> dict:
     print(f"speed-up in the framework {result['framework_speedup']:.2f}x, "
           f"in the TrainStep loop {result['trainstep_speedup']:.2f}x")
     if s.json:
-        Path(s.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(s.json).write_text(json.dumps(result, indent=1) + "\n")
+        with atomic_open(s.json) as f:  # a reader never sees half a file
+            f.write(json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -32,8 +32,9 @@ is then the one at M.
 
 Weights and data: pretrained weights are used when they are in the local cache
 (``torch.hub.get_dir()``, the Hugging Face cache); otherwise the model is built at its real size
-with random weights. A data set that is not under `experiments.data.data_root()` is replaced by
-stand-in tensors of the real shapes, dtypes and sizes (random uint8 images 3x32x32 or 1x28x28,
+with random weights. A data set that is not under `experiments.data.data_root()` (SST-2: neither
+in the Hugging Face ``datasets`` cache, read with the hub's offline flags on, nor there) is replaced
+by stand-in tensors of the real shapes, dtypes and sizes (random uint8 images 3x32x32 or 1x28x28,
 labels in the class range, token ids in the vocabulary range). This works by handing the task,
 for the plan only, wrappers of the loaders it calls (``experiments.data.fetch_*``/``load_*``,
 ``experiments.transfer.imagenet_resnet``, ``experiments.transfer_text.load_classifier`` etc.) that
@@ -91,6 +92,8 @@ PTB_VOCAB = 10_000
 SST2_SIZES = (67_349, 872)  # GLUE train, dev
 BERT_CLS, BERT_SEP, BERT_FIRST_WORD, BERT_VOCAB = 101, 102, 1996, 30_522  # bert-base-uncased ids
 STAND_IN = Path("/multirate-plan-stand-in")  # what a stand-in fetch_* returns: no such folder exists
+SST2_STAND_IN = {"train": ([], torch.zeros(0, dtype=torch.int64)),  # what a stand-in load_sst2 returns
+                 "dev": ([], torch.zeros(0, dtype=torch.int64))}    # (sst2_tensors then stands in)
 
 
 # ----------------------------------------------------------------------------- loaders: real or stand-in
@@ -113,7 +116,7 @@ class Sources:
         return {"fetch_cifar": self._fetch_cifar, "load_cifar": self._load_cifar,
                 "fetch_mnist": self._fetch_mnist, "load_mnist": self._load_mnist,
                 "fetch_ptb": self._fetch_ptb, "load_ptb": self._load_ptb,
-                "fetch_sst2": self._fetch_sst2, "sst2_tensors": self._sst2_tensors,
+                "load_sst2": self._load_sst2, "sst2_tensors": self._sst2_tensors,
                 "load_tokenizer": self._load_tokenizer, "load_classifier": self._load_classifier,
                 "imagenet_resnet": self._imagenet_resnet}
 
@@ -182,14 +185,23 @@ class Sources:
             return data.Corpus([f"w{i}" for i in range(PTB_VOCAB)], train, valid, test)
         return load_ptb
 
-    def _fetch_sst2(self, original):
-        def fetch_sst2(root=None):
+    def _load_sst2(self, original):
+        def load_sst2(root=None, hub=True):
+            if hub:
+                try:
+                    with hub_cache_only():
+                        splits = data.load_sst2_hub()
+                    self.note("data: SST-2 from the Hugging Face datasets cache")
+                    return splits
+                except Exception:  # not installed, or not in the cache: the data root, else a stand-in
+                    pass
             folder = (Path(root) if root is not None else data.data_root()) / "SST-2"
             if folder.is_dir():
                 self.note(f"data: SST-2 from {folder}")
-                return original(root)
-            return STAND_IN / "SST-2"
-        return fetch_sst2
+                return original(root, hub=False)
+            self.note(f"data: SST-2 in neither the Hugging Face datasets cache nor {folder}")
+            return SST2_STAND_IN
+        return load_sst2
 
     def _load_tokenizer(self, original):
         def load_tokenizer(name):
@@ -203,9 +215,9 @@ class Sources:
         return load_tokenizer
 
     def _sst2_tensors(self, original):
-        def sst2_tensors(folder, tokenizer, max_length):
-            if not _stand_in(folder) and tokenizer is not None:
-                return original(folder, tokenizer, max_length)
+        def sst2_tensors(splits, tokenizer, max_length):
+            if splits is not SST2_STAND_IN and tokenizer is not None:
+                return original(splits, tokenizer, max_length)
             self.note(f"data: SST-2 stand-in of its sizes ({SST2_SIZES[0]} train, {SST2_SIZES[1]} dev "
                       f"sentences): random token ids in [{BERT_FIRST_WORD}, {BERT_VOCAB}) between [CLS] "
                       f"and [SEP], every sentence {max_length} tokens long (an upper bound: the runner "
@@ -278,6 +290,24 @@ class Sources:
 
 def _stand_in(path) -> bool:
     return Path(path).is_relative_to(STAND_IN)
+
+
+@contextlib.contextmanager
+def hub_cache_only():
+    """Hugging Face ``datasets`` and ``huggingface_hub`` offline within the block: their caches only.
+
+    Both read ``HF_HUB_OFFLINE`` once, at import, into the module flags they consult on every call;
+    the block sets those flags (an ImportError without ``datasets``).
+    """
+    import datasets
+    import huggingface_hub.constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
 def _torchvision_weights(imagenet_resnet: Callable, name: str) -> str:

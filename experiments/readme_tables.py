@@ -4,7 +4,8 @@
     python -m experiments.reference readme --check   # exit 1 if README.md is not up to date
 
 A table lives between ``<!-- reference:NAME -->`` and ``<!-- /reference -->`` in README.md; `BLOCKS`
-maps NAME to the function that renders it from the reference rows (`experiments.reference.read`).
+maps NAME to the function that renders it from the reference rows (`experiments.reference.read`) of
+the quick profile; ``NAME-cpu`` renders the same table from the cpu profile's reference.
 tests/test_readme_tables.py fails when a table and the reference disagree, so they cannot.
 """
 
@@ -35,6 +36,10 @@ TRANSFER_NAMES = {
 PATCH_NAMES = {"small_lr": "small h (0.004)", "large_lr": "large h (0.1)",
                "multirate": "**Multirate**, deep half fast",
                "multirate_early": "Multirate, shallow half fast"}
+PARTITION_NAMES = {"multirate_biases": "Multirate, biases fast",
+                   "multirate_weights": "Multirate, weights fast",
+                   "multirate_random_half": "Multirate, a fixed random half of every tensor fast",
+                   "multirate_bn": "Multirate, batch-norm parameters fast"}
 REG_NAMES = {"sgd": "SGD", "dropout": "SGD + dropout", "multirate": "**Multirate**, random subgroups"}
 
 
@@ -104,10 +109,10 @@ def transfer_table(runs: Runs, part: str) -> str:
     return text
 
 
-def patch_table(runs: Runs) -> str:
-    methods = [m for m in PATCH_NAMES if m in runs.methods("patch")]
+def patch_table(runs: Runs, names: dict[str, str] = PATCH_NAMES) -> str:
+    methods = [m for m in names if m in runs.methods("patch")]
     metrics = ("clean_accuracy", "patched_accuracy", "patch_only_accuracy")
-    rows = [[PATCH_NAMES[m], *(mean_sd(runs.values("patch", m, x), 1) for x in metrics)] for m in methods]
+    rows = [[names[m], *(mean_sd(runs.values("patch", m, x), 1) for x in metrics)] for m in methods]
     seeds = _seeds(runs, "patch", methods[0], metrics[0]) if methods else 0
     return markdown([f"method (final accuracy %, mean ± sd, {seeds} seeds)", "clean", "with patch",
                      "patch only"], rows) if rows else "not run\n"
@@ -116,6 +121,8 @@ def patch_table(runs: Runs) -> str:
 def regularization_table(runs: Runs) -> str:
     lm, mlp = "regularization_lm", "regularization_mlp"
     methods = [m for m in REG_NAMES if m in runs.methods(lm) or m in runs.methods(mlp)]
+    if not methods:
+        return "not run\n"
     rows = []
     for m in methods:
         low, final = runs.values(lm, m, "val_loss@min"), runs.values(lm, m, "val_loss")
@@ -178,6 +185,7 @@ BLOCKS: dict[str, Callable[[Runs], str]] = {
     "transfer-resnet": lambda runs: transfer_table(runs, "resnet"),
     "transfer-distilbert": lambda runs: transfer_table(runs, "distilbert"),
     "patch": patch_table,
+    "patch-partitions": lambda runs: patch_table(runs, {**PATCH_NAMES, **PARTITION_NAMES}),
     "regularization": regularization_table,
     "ablation-k": lambda runs: ablation_table(runs, "k"),
     "ablation-drift": lambda runs: ablation_table(runs, "drift"),
@@ -195,13 +203,22 @@ def claims_table() -> str:
     return table({p: Runs(reference.read(reference.path(p))) for p in ("quick", "cpu")})
 
 
-def render(text: str, runs: Runs) -> str:
-    """`text` with every reference block re-rendered from `runs`."""
+PROFILE_SUFFIXES = {"-cpu": "cpu"}  # NAME-cpu: NAME's table from the cpu profile's reference
+
+
+def render(text: str, runs: Runs, by_profile: dict[str, Runs] | None = None) -> str:
+    """`text` with every reference block re-rendered from `runs` (the quick profile's) or, for a
+    ``NAME-cpu`` block, from ``by_profile["cpu"]`` (default: the committed cpu reference)."""
     def block(match: re.Match) -> str:
-        name = match["name"]
+        name, source = match["name"], runs
+        for suffix, profile in PROFILE_SUFFIXES.items():
+            if name.endswith(suffix) and name[: -len(suffix)] in BLOCKS:
+                name = name[: -len(suffix)]
+                source = (by_profile or {}).get(profile) or Runs(reference.read(reference.path(profile)))
         if name not in BLOCKS:
-            raise ValueError(f"README.md: unknown reference block {name!r}; known: {sorted(BLOCKS)}")
-        return match.group(1) + BLOCKS[name](runs) + match.group(4)
+            raise ValueError(f"README.md: unknown reference block {match['name']!r}; known: {sorted(BLOCKS)}"
+                             f" (each also as NAME-cpu)")
+        return match.group(1) + BLOCKS[name](source) + match.group(4)
 
     return BLOCK.sub(block, text)
 
@@ -213,7 +230,7 @@ def main(check_only: bool = False, readme: Path = README) -> int:
         print(f"{readme}: tables match the reference")
         return 0
     if check_only:
-        print(f"{readme}: tables differ from experiments/reference/quick.csv; "
+        print(f"{readme}: tables differ from experiments/reference/quick.csv (or cpu.csv); "
               "run `python -m experiments.reference readme`")
         return 1
     readme.write_text(new)

@@ -2,6 +2,7 @@
 
     python -m experiments.reference check  [--profile quick] [--experiment transfer,...] [--results-dir DIR]
     python -m experiments.reference update [--profile quick] [--experiment transfer,...] [--results-dir DIR]
+                                           [--merge]
     python -m experiments.reference slice  [--results-dir DIR]   # rerun the CI slice and check it
     python -m experiments.reference readme [--check]             # README tables <- the reference
 
@@ -15,7 +16,9 @@ hashes its whole config, so a run with other settings is a different row, never 
 must be equal to the bit (the determinism contract, `experiments.determinism`), except training
 times (metrics named ``time_s``), which are recorded for the README but never compared. A
 reference row without a result is "missing"; a result without a reference row is listed as "new".
-It exits 1 on any mismatch or missing row. ``update`` rewrites the selected experiments' rows.
+It exits 1 on any mismatch or missing row. ``update`` rewrites the selected experiments' rows;
+with ``--merge`` it only adds or replaces the runs that are under ``results/`` (how the ``cpu``
+profile's reference grows across sessions: its figures take hours, results/ lasts one session).
 
 ``slice`` is CI's reproduction check: the runs of ``experiments/reference/slice.toml`` (one method and
 seed per figure with a shortened, fixed config) into a fresh folder, then ``check`` against
@@ -187,10 +190,17 @@ def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
 
 
 def update(profile: str, results_dir: str | Path, experiments: list[str] | None,
-           file: Path | None = None) -> int:
+           file: Path | None = None, merge: bool = False) -> int:
+    """Rewrite the reference from the complete runs under `results_dir` (only the selected
+    experiments' rows when `experiments` is given). With `merge`, rows of runs that are not under
+    `results_dir` are kept: a profile whose runs span sessions (``cpu``: hours of runs, while
+    results/ does not outlive a session) is recorded run by run."""
     file = file or path(profile)
-    kept = [r for r in read(file) if not _selected(r, experiments)] if experiments else []
     fresh = [r for r in collect(results_dir, profile) if _selected(r, experiments)]
+    fresh_runs = {(r["experiment"], r["run"]) for r in fresh}
+    kept = [r for r in read(file)
+            if (merge and (r["experiment"], r["run"]) not in fresh_runs)
+            or (experiments and not _selected(r, experiments))]
     write(file, kept + fresh)
     print(f"{file}: {len(fresh)} rows from {results_dir} ({len(kept)} kept)")
     return 0
@@ -226,13 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default=None, help="comma-separated results folders (default: all)")
     parser.add_argument("--results-dir", default=None, help="default: results (slice: a temporary folder)")
     parser.add_argument("--update", action="store_true", help="slice: rewrite slice.csv instead of checking")
+    parser.add_argument("--merge", action="store_true",
+                        help="update: keep the reference rows of runs that are not under the results folder")
     parser.add_argument("--check", action="store_true", help="readme: fail if the README is not up to date")
     args = parser.parse_args(argv)
     experiments = [e.strip() for e in args.experiment.split(",")] if args.experiment else None
     if args.command == "check":
         return check(args.profile, args.results_dir or "results", experiments)
     if args.command == "update":
-        return update(args.profile, args.results_dir or "results", experiments)
+        return update(args.profile, args.results_dir or "results", experiments, merge=args.merge)
     if args.command == "slice":
         return run_slice(args.results_dir, args.update)
     from experiments import readme_tables

@@ -7,6 +7,9 @@ every figure under results/<profile>/figures/ (relative links) and has a table p
 the paper's number (``PAPER``, from the notes: numbers marked ~ were read off the paper's plots,
 about ±0.5 point and ±5 % in time), ours (mean ± sd over seeds of complete runs, at the final
 epoch; for the language model also the minimum validation loss over epochs) and ours - paper.
+The difference is printed only where ours ran on the paper's data set (CIFAR, SST-2, PTB, MNIST):
+on a generated task an accuracy or a loss is not comparable with the paper's, so the column says
+"other task", and the claims section at the top compares what is (gaps, ratios, rises).
 An experiment without complete runs says "not run". Times are hardware-specific, so the transfer
 tables compare the time relative to train-all of the same model, not seconds.
 
@@ -97,8 +100,14 @@ def per_method(values: pd.DataFrame, by: list[str] = ("method",)) -> pd.DataFram
             .reset_index())
 
 
-def _diff(ours: float, paper: float | None, digits: int = 2) -> str:
-    return "—" if paper is None or math.isnan(ours) else f"{ours - paper:+.{digits}f}"
+OTHER_TASK = "other task"  # the diff column where our data set is not the paper's
+
+
+def _diff(ours: float, paper: float | None, digits: int = 2, same_task: bool = True) -> str:
+    """ours - paper; "other task" where our data set is not the paper's (the values are not comparable)."""
+    if paper is None or math.isnan(ours):
+        return "—"
+    return f"{ours - paper:+.{digits}f}" if same_task else OTHER_TASK
 
 
 def transfer_section(root: Path) -> str:
@@ -115,6 +124,7 @@ def transfer_section(root: Path) -> str:
                      "distilbert": "transfer_distilbert"}.get(model)
         paper = PAPER.get(paper_key, {})
         stats = per_method(group)
+        same_task = group.dataset.iloc[0] in ("cifar100", "cifar10", "sst2")
         reference = "distilbert_train_all" if model == "distilbert" else "train_all"
         ref_time = stats.set_index("method").time_s.get(reference, float("nan"))
         paper_ref = paper.get(reference, {}).get("time")
@@ -124,7 +134,8 @@ def transfer_section(root: Path) -> str:
             ours_rel = s.time_s / ref_time
             paper_rel = p["time"] / paper_ref if "time" in p and paper_ref else None
             body.append([s.method, s.seeds, fmt(p.get("accuracy")), fmt(s["mean"], s.sd),
-                         _diff(s["mean"], p.get("accuracy")), fmt(paper_rel), fmt(ours_rel),
+                         _diff(s["mean"], p.get("accuracy"), same_task=same_task), fmt(paper_rel),
+                         fmt(ours_rel),
                          _diff(ours_rel, paper_rel), f"{s.time_s:.0f}"])
         task = TRANSFER_TASK.get(model, model)
         note = "" if paper else " (the paper has no numbers for this setting: differences are not defined)"
@@ -150,10 +161,12 @@ def patch_section(root: Path) -> str:
         return "## Patch-augmented data (latent time scales)\n\nnot run\n"
     metrics = ["clean_accuracy", "patched_accuracy", "patch_only_accuracy"]
     stats = per_method(last_epoch(rows[rows.metric.isin(metrics)]), ["method", "metric"])
+    same_task = rows.dataset.iloc[0] == "cifar10"
     body = []
     for _, s in stats.iterrows():
         paper = PAPER["patch"].get(s.method, {}).get(s.metric)
-        body.append([s.method, s.metric, s.seeds, fmt(paper), fmt(s["mean"], s.sd), _diff(s["mean"], paper)])
+        body.append([s.method, s.metric, s.seeds, fmt(paper), fmt(s["mean"], s.sd),
+                     _diff(s["mean"], paper, same_task=same_task)])
     task = "CIFAR-10, WRN-16" if rows.dataset.iloc[0] == "cifar10" else \
         "generated patch task, WRN-16-1 (a DIFFERENT, smaller task than the paper's CIFAR-10)"
     return (f"## Patch-augmented data (latent time scales)\n\n{task}; final-epoch accuracy (%).\n\n"
@@ -169,12 +182,13 @@ def regularization_section(root: Path) -> str:
         val = rows[rows.metric == "val_loss"]
         lowest = val.groupby("run", as_index=False).agg(value=("value", "min"), method=("method", "first"),
                                                        seed=("seed", "first"), time_s=("time_s", "max"))
+        same_task = rows.dataset.iloc[0] == "ptb"
         body = []
         for name, values in (("min_val_loss", lowest), ("final_val_loss", last_epoch(val))):
             for _, s in per_method(values).iterrows():
                 paper = PAPER["regularization_lm"].get(s.method, {}).get(name)
                 body.append([s.method, name, s.seeds, fmt(paper), fmt(s["mean"], s.sd, 3),
-                             _diff(s["mean"], paper, 3)])
+                             _diff(s["mean"], paper, 3, same_task)])
         task = "Penn Treebank" if rows.dataset.iloc[0] == "ptb" else \
             "generated text (a DIFFERENT task from the paper's Penn Treebank: compare the curves' shapes)"
         parts.append(f"### Transformer language model: validation loss, {task}\n\n"
@@ -183,10 +197,12 @@ def regularization_section(root: Path) -> str:
     if rows.empty:
         parts.append("### Perceptron\n\nnot run")
     else:
+        same_task = rows.dataset.iloc[0] == "mnist"
         body = []
         for _, s in per_method(last_epoch(rows[rows.metric == "test_accuracy"])).iterrows():
             paper = PAPER["regularization_mlp"].get(s.method, {}).get("test_accuracy")
-            body.append([s.method, s.seeds, fmt(paper), fmt(s["mean"], s.sd), _diff(s["mean"], paper)])
+            body.append([s.method, s.seeds, fmt(paper), fmt(s["mean"], s.sd),
+                         _diff(s["mean"], paper, same_task=same_task)])
         task = "MNIST" if rows.dataset.iloc[0] == "mnist" else \
             "generated images (a DIFFERENT task from the paper's MNIST: compare the ordering)"
         parts.append(f"### Perceptron: final test accuracy (%), {task}\n\n"

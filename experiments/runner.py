@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from experiments import accel, checkpoint, determinism
+from experiments import accel, checkpoint, determinism, tracking
 from experiments.checkpoint import Progress, checkpoint_path
 from experiments.config import RunConfig, list_methods, load_config, parse_cli, read_toml
 from experiments.errors import UserError
@@ -151,15 +151,15 @@ def check_optimizer(cfg: RunConfig) -> None:
 
 def _optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        return torch.optim.SGD(params, lr=cfg.step_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+        return torch.optim.AdamW(params, lr=cfg.step_lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                  weight_decay=cfg.weight_decay)
     if cfg.optimizer == "multirate_adamw":
-        return MultirateAdamW(params, lr=cfg.lr, k=cfg.k, betas=tuple(cfg.betas), eps=cfg.eps,
+        return MultirateAdamW(params, lr=cfg.step_lr, k=cfg.k, betas=tuple(cfg.betas), eps=cfg.eps,
                               weight_decay=cfg.weight_decay, linear_drift=cfg.linear_drift)
-    return Multirate(params, lr=cfg.lr, k=cfg.k, momentum=cfg.momentum, nesterov=cfg.nesterov,
+    return Multirate(params, lr=cfg.step_lr, k=cfg.k, momentum=cfg.momentum, nesterov=cfg.nesterov,
                      weight_decay=cfg.weight_decay, linear_drift=cfg.linear_drift)
 
 
@@ -207,6 +207,9 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
     rank, world_size = world()
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world_size} processes")
+    if cfg.amp == "fp16" and world_size > 1:  # each rank's GradScaler would skip steps on its own
+        raise ValueError(f"amp=fp16 with {world_size} processes is not supported (the ranks' loss "
+                         "scalers would disagree on skipped steps): use amp=bf16")
     ckpt_file = checkpoint_path(cfg)
 
     with contextlib.ExitStack() as cleanup:
@@ -314,6 +317,8 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
                     if rank == 0:
                         metrics = {"train_loss": train_loss, **evaluate(task, model, optimizer, device)}
                         log.log(prog.epoch, prog.epoch * steps_per_epoch, prog.time_s, metrics)
+                elif rank == 0:  # a line per epoch in a Slurm .out file between evaluations too
+                    tracking.print_epoch(cfg, prog.epoch, prog.epoch * steps_per_epoch, prog.time_s, {})
 
             # Checkpoint after every epoch and before stopping (rank 0: the others hold the same state)
             if cfg.checkpoint and rank == 0:

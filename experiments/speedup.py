@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.files import atomic_open
 from multirate import Multirate, TrainStep, partition
 
 MODELS = ("resnet34", "resnet50", "distilbert")
@@ -367,8 +368,8 @@ def main(argv=None) -> dict:
         result = benchmark(s)
         print(report(result))
     if s.json:
-        Path(s.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(s.json).write_text(json.dumps(result, indent=1) + "\n")
+        with atomic_open(s.json) as f:  # a reader never sees half a file
+            f.write(json.dumps(result, indent=1) + "\n")
     return result
 
 

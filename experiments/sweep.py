@@ -167,9 +167,13 @@ def overrides(sweep: Sweep, trial: dict[str, Any]) -> list[str]:
     return [f"{key}={format_value(value)}" for key, value in {**sweep.fixed, **trial}.items()]
 
 
-def variant(sweep: Sweep) -> str:
-    """The override that labels a sweep's runs (their W&B group and tag; not part of their identity)."""
-    return f"variant={sweep.name}"
+def variant(sweep: Sweep, trial: dict[str, Any] | None = None) -> str:
+    """The override that labels a sweep's runs (their W&B group and tag; not part of their identity):
+    the sweep's name, and with `trial` its parameters, so that W&B never averages one trial's seeds
+    with another's."""
+    if trial is None:
+        return f"variant={sweep.name}"
+    return f"variant={sweep.name}/" + " ".join(f"{k}={format_value(v)}" for k, v in trial.items())
 
 
 def argv(sweep: Sweep, trial: dict[str, Any]) -> list[str]:
@@ -197,7 +201,7 @@ def run_local(sweep: Sweep, dry_run: bool = False) -> None:
             for cfg in cfgs:
                 print(f"      {cfg.run_dir / cfg.run_name}: {read_status(cfg) or 'not started'}")
         else:
-            module.main([*argv(sweep, trial), variant(sweep)])
+            module.main([*argv(sweep, trial), variant(sweep, trial)])
 
 
 def summary(sweep: Sweep) -> list[dict[str, Any]]:

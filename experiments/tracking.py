@@ -125,9 +125,10 @@ def finish(run: Any, status: str | None) -> None:
 
 
 def epoch_line(cfg: RunConfig, epoch: int, step: int, time_s: float, metrics: dict[str, float]) -> str:
-    """``<run>: epoch 3/15 step 138 12.4 s train_loss=0.4127 test_accuracy=81.2``."""
-    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-    return f"{cfg.run_name}: epoch {epoch}/{cfg.epochs} step {step} {time_s:.1f} s {shown}"
+    """``<run>: epoch 3/15 step 138 12.4 s train_loss=0.4127 test_accuracy=81.2`` (no metrics: the
+    line ends after the time, for an epoch without evaluation)."""
+    shown = "".join(f" {k}={v:.4g}" for k, v in metrics.items())
+    return f"{cfg.run_name}: epoch {epoch}/{cfg.epochs} step {step} {time_s:.1f} s{shown}"
 
 
 def print_epoch(cfg: RunConfig, epoch: int, step: int, time_s: float, metrics: dict[str, float],

@@ -20,9 +20,12 @@ ResNet runs that share ``results/<profile>/transfer/`` (every run's JSON also ha
 Profiles:
 
 - ``paper``: ``distilbert-base-uncased`` weights and tokenizer from the Hugging Face hub, GLUE SST-2
-  through :func:`experiments.data.fetch_sst2` (checksummed on first use); GLUE's test split has no
-  labels, so the dev set is the test set, as is standard. Both splits are tokenized once, padded to
-  ``max_length`` and kept on the device; each minibatch is trimmed to its longest sentence.
+  through :func:`experiments.data.load_sst2`: Hugging Face ``datasets`` (``nyu-mll/glue``, ``sst2``;
+  the same cache as the weights, and the same offline switch, ``HF_HUB_OFFLINE=1``), else GLUE's
+  MD5-checked SST-2.zip under ``data_dir`` (read the same way: the same sentences, the same tensors).
+  GLUE's test split has no labels, so the dev set is the test set, as is standard. Both splits are
+  tokenized once, padded to ``max_length`` and kept on the device; each minibatch is trimmed to its
+  longest sentence.
 - ``quick`` (default, offline, a few minutes on two CPU cores): no pretrained weights can be
   downloaded, so a tiny DistilBERT (6 blocks like the real one, so that the methods name the same
   layers) is first pretrained on a generated SOURCE task and cached under
@@ -49,7 +52,7 @@ from torch import Tensor, nn
 
 from experiments import errors, pretraining, runner
 from experiments.config import RunConfig, require
-from experiments.data import DownloadError, data_root, fetch_sst2, load_sst2_tsv
+from experiments.data import DownloadError, load_sst2
 from experiments.determinism import code_key
 from experiments.synthetic_text import (  # noqa: F401 (tests read CLS, SEP, ... from here)
     CLS,
@@ -84,7 +87,7 @@ class TextTransferConfig(RunConfig):
     init: str = "pretrained"  # "scratch": the same architecture, randomly initialised (a check)
     fast: list[str] = field(default_factory=lambda: list(HEAD))
     pretrained: str = "distilbert-base-uncased"  # hub name or a local folder (sst2)
-    data_dir: str = ""  # where SST-2/ is (or is downloaded to); "" = experiments.data.data_root()
+    data_dir: str = ""  # where SST-2/ is (or is unzipped to) without `datasets`; "" = data.data_root()
     max_length: int = 32  # tokens, [CLS] and [SEP] included
     eval_batch_size: int = 64
     threads: int = 0  # torch.set_num_threads for the process; 0 leaves torch's default
@@ -296,13 +299,12 @@ def tokenize(tokenizer, sentences: list[str], max_length: int) -> tuple[Tensor, 
     return ids, mask
 
 
-def sst2_tensors(folder: str | Path, tokenizer, max_length: int) -> dict[str, tuple[Tensor, ...]]:
-    """{"train": train.tsv, "test": dev.tsv} as (input_ids, attention_mask, labels)."""
-    out = {}
-    for split, file in (("train", "train.tsv"), ("test", "dev.tsv")):
-        sentences, labels = load_sst2_tsv(Path(folder) / file)
-        out[split] = (*tokenize(tokenizer, sentences, max_length), labels)
-    return out
+def sst2_tensors(splits: dict[str, tuple[list[str], Tensor]], tokenizer,
+                 max_length: int) -> dict[str, tuple[Tensor, ...]]:
+    """`load_sst2`'s splits tokenized: {"train": train, "test": dev}, each (input_ids, attention_mask,
+    labels)."""
+    return {split: (*tokenize(tokenizer, sentences, max_length), labels)
+            for split, (sentences, labels) in (("train", splits["train"]), ("test", splits["dev"]))}
 
 
 # ============================================================================ the task
@@ -322,8 +324,8 @@ class TextTransfer(runner.Task):
 
     def _data(self, cfg: TextTransferConfig) -> dict[str, tuple[Tensor, ...]]:
         if cfg.dataset == "sst2":
-            folder = fetch_sst2(Path(cfg.data_dir) if cfg.data_dir else data_root())
-            return sst2_tensors(folder, load_tokenizer(cfg.pretrained), cfg.max_length)
+            splits = load_sst2(cfg.data_dir or None)  # the hub's cache, else SST-2/ under the data root
+            return sst2_tensors(splits, load_tokenizer(cfg.pretrained), cfg.max_length)
         return target_task(cfg.n_train, cfg.n_test, cfg.data_seed, cfg.max_length)
 
     def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:

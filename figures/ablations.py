@@ -65,6 +65,7 @@ def plot(table: pd.DataFrame, name: str, profile: str = "quick"):
         if ks:
             right.set_xscale("log")
             right.set_xticks(ks, labels=[str(k) for k in ks])
+            right.minorticks_off()  # else the log axis labels its minor ticks too ("3 x 10^0")
         right.legend()
     elif name == "subgroups":
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)

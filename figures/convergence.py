@@ -23,8 +23,8 @@ def plot(rows: pd.DataFrame):
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
 
     at_T = multirate[multirate["T"] == multirate["T"].max()]
-    left.errorbar(at_T.k, at_T.measured, yerr=at_T.measured_sd, marker="o", capsize=3,
-                  label="multirate, measured")
+    left.errorbar(at_T.k, at_T.measured, yerr=at_T.measured_sd, marker="x", markersize=9, markeredgewidth=2,
+                  capsize=3, color=style.COLOURS["multirate"], linewidth=2.4, label="Multirate, measured")
     left.plot(at_T.k, at_T.bound, "k--", marker="s", label="bound (Theorem B.4)")
     left.plot(at_T.k, at_T.bound_M_observed, "k:", label="bound with sampled max |g|² as M")
     sgd_T = sgd[sgd["T"] == at_T["T"].max()]
@@ -33,6 +33,7 @@ def plot(rows: pd.DataFrame):
     left.set(xscale="log", yscale="log", xlabel="k", ylabel="(1/T) Σ |∇f(θ_t)|²",
              title=f"T = {int(at_T['T'].max())}")
     left.set_xticks(sorted(at_T.k.unique()), labels=[str(k) for k in sorted(at_T.k.unique())])
+    left.minorticks_off()  # else the log axes label their minor ticks too ("2 x 10^0")
     left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 
     ks = sorted(multirate.k.unique())
@@ -44,6 +45,9 @@ def plot(rows: pd.DataFrame):
     right.plot(sgd["T"], sgd.measured, "x", color="C3", label="vanilla SGD")
     right.set(xscale="log", yscale="log", xlabel="T (steps)", ylabel="(1/T) Σ |∇f(θ_t)|²",
               title="measured (solid) and bound (dashed)")
+    steps = sorted(rows["T"].unique())
+    right.set_xticks(steps, labels=[str(int(t)) for t in steps])
+    right.minorticks_off()
     right.legend(fontsize=8)
     fig.suptitle(f"Logistic regression on generated data: L = {first.L:.3g}, M = {first.M:.3g}, "
                  f"h = {first.h:g}, ℓ = {int(first.groups)}")

@@ -114,7 +114,7 @@ def plot(found: dict[str, pd.DataFrame], data: dict[str, set[str]] | None = None
             ax.set_ylim(lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo))
         else:
             final = rows[rows.epoch > rows.epoch.max() // 10].value
-            ax.set_ylim(final.min() - 0.5, final.max() + 0.5)
+            ax.set_ylim(final.min() - 0.5, min(final.max() + 0.5, 100.0))  # never above 100 %
         ax.set(title=TITLES[name].format(data=style.data_name(sorted(data[name])[0]) if len(data[name]) == 1
                                          else "mixed data"), xlabel="epoch", ylabel=label)
         style.legend(ax)

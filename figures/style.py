@@ -105,8 +105,12 @@ def mean_sd(ax, rows: pd.DataFrame, methods: list[str], colours: dict[str, str],
 
 
 def chance(ax, level: float, text: str = "chance") -> None:
-    """A dotted grey line at the accuracy of guessing, in the legend as `text`."""
+    """A dotted grey line at the accuracy of guessing, in the legend as `text`; the axis is extended
+    a little below it when it would lie on the frame (call it after drawing the curves)."""
     ax.axhline(level, color="0.45", linestyle=":", linewidth=1.2, zorder=1, label=f"{text} ({level:g} %)")
+    low, high = ax.get_ylim()
+    if level - low < 0.03 * (high - low):
+        ax.set_ylim(level - 0.05 * (high - level), high)
 
 
 def legend(ax, **kw) -> None:

@@ -340,7 +340,7 @@ class Multirate(Optimizer):
         """(slow, fast, decay) of a random-group tensor: its mask as 0/1 floats, the complement,
         and the momentum factor (``momentum`` at fast entries, 1 at slow ones), made once per
         cycle into buffers kept for the next cycles. Multiplying by 0 or 1 is exact, and several
-        times faster than indexing or torch.where on CPU (as are comparisons into floats)."""
+        times faster than indexing or torch.where on CPU."""
         mask = self.state[p]["mask"]
         cache = self._fast_masks.get(p)
         if cache is None:
@@ -348,8 +348,8 @@ class Multirate(Optimizer):
         if cache["mask"] is not mask or cache["momentum"] != momentum:
             bits = mask.view(torch.uint8)
             slow, fast, decay, _ = cache["buffers"]
-            torch.ne(bits, 0, out=slow)
-            torch.eq(bits, 0, out=fast)
+            slow.copy_(bits)  # 0/1 bytes into floats: a conversion, cheaper than a comparison into floats
+            fast.copy_(torch.bitwise_xor(bits, 1))
             torch.add(slow, fast, alpha=momentum, out=decay)
             cache.update(mask=mask, momentum=momentum)
         return cache["buffers"][:3]
@@ -412,11 +412,14 @@ def bernoulli(n, fraction, generator, *, device) -> Tensor:
     out = torch.lt(u[:n], digits[0], out=torch.empty(n, dtype=torch.uint8, device=device))
     if len(digits) == 1:
         return out.view(torch.bool)  # a tie on the last digit means U >= fraction: False
-    # The ties, found word by word: a byte-wise nonzero over n entries costs more than the draw.
+    # The ties, found word by word (a byte-wise nonzero over n entries costs more than the draw):
+    # the words that hold one (a few per cent), then the (word, byte) of each, in order.
     tied = torch.eq(u, digits[0], out=torch.empty_like(u))
     tied[n:] = 0
-    candidates = (tied.view(torch.int64).nonzero() * 8 + torch.arange(8, device=device)).flatten()
-    ties = candidates[tied[candidates].bool()]
+    tied_words = tied.view(torch.int64)
+    hit = tied_words.nonzero().flatten()
+    at = tied_words[hit].view(torch.uint8).view(-1, 8).nonzero()
+    ties = hit[at[:, 0]] * 8 + at[:, 1]
     for digit in digits[1:]:
         if ties.numel() == 0:
             break

@@ -128,17 +128,27 @@ def test_grad_scaler_only_for_fp16():
     assert isinstance(accel.grad_scaler(RunConfig(amp="fp16"), CPU), torch.amp.GradScaler)
 
 
-def test_fp16_needs_a_train_step_that_scales():
-    model = mlp()
-    opt = Multirate(partition.layerwise(model, ["1"]), lr=0.05, k=3, momentum=0.9)
-    scaler = accel.grad_scaler(RunConfig(amp="fp16"), CPU)
-    try:
-        step = accel.make_train_step(model, opt, scaler)
-    except ValueError as err:
-        assert "amp='bf16'" in str(err)
-        return
-    x, y = batches((16,))[0]
-    assert torch.isfinite(step(lambda: F.cross_entropy(model(x), y)))
+def test_fp16_autocast_with_scaler_keeps_the_saving_and_the_iterates():
+    """amp="fp16": TrainStep drives the scaler; the iterates equal torch's GradScaler recipe."""
+    cfg = RunConfig(amp="fp16")
+    models = [mlp(), mlp()]
+    data = batches((16,))
+    saved = train(models[0], cfg, data)
+    opt = Multirate(partition.layerwise(models[1], ["1"]), lr=0.05, k=3, momentum=0.9)
+    scaler = accel.grad_scaler(cfg, CPU)
+    for x, y in data:  # the recipe of torch.amp's docs, full forward and backward every step
+        opt.zero_grad()
+        with accel.autocast(cfg, CPU):
+            loss = F.cross_entropy(models[1](x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    assert opt.param_groups[0]["step"] == len(data)
+    assert_fast_steps_save_only_the_head(saved)
+    for a, b in zip(*(m.state_dict().values() for m in models)):
+        assert torch.equal(a, b)
+    with accel.autocast(cfg, CPU):
+        assert models[0](data[0][0]).dtype == torch.float16
 
 
 def test_no_options_change_nothing():

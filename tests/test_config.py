@@ -144,6 +144,7 @@ def test_bad_value_names_key(tmp_path, text, overrides, key):
     ("batch_size=0", "batch_size"), ("optimizer=adam", "optimizer"), ("schedule=linear", "schedule"),
     ("wandb=maybe", "wandb"), ("eval_every=0", "eval_every"), ("slow_fraction=1.5", "slow_fraction"),
     ("train=", "train"), ("momentum=1.5", "momentum"), ("momentum=1", "momentum"),
+    ("lr_batch=-1", "lr_batch"),
 ])
 def test_impossible_values(tmp_path, override, key):
     with pytest.raises(ValueError, match=f"invalid {key}="):
@@ -172,6 +173,23 @@ def test_run_name(toml):
         other = load_config(RunConfig, toml, "quick", "multirate", ["seed=3", same])
         assert other.run_name == a.run_name, same
     assert replace(a, lr=a.lr).run_name == a.run_name
+
+
+def test_lr_batch_scales_the_step_size_by_the_linear_rule(toml):
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from experiments.runner import build_optimizer
+
+    plain = load_config(RunConfig, toml, "quick", "train_all", ["lr=0.1", "batch_size=8"])
+    assert plain.step_lr == 0.1  # lr_batch = 0: the lr is batch_size's own, unchanged to the bit
+    scaled = replace(plain, lr_batch=128)
+    assert scaled.step_lr == 0.1 * 8 / 128 and scaled.run_name != plain.run_name
+    for optimizer in ("sgd", "multirate", "adamw", "multirate_adamw"):
+        cfg = replace(scaled, optimizer=optimizer, k=5)
+        model = nn.Sequential(OrderedDict(body=nn.Linear(2, 2), fc=nn.Linear(2, 2)))
+        assert {g["lr"] for g in build_optimizer(cfg, model).param_groups} == {0.1 * 8 / 128}, optimizer
 
 
 def test_run_dir(toml):

@@ -353,6 +353,21 @@ def test_load_sst2_tsv_rejects_other_layouts(tmp_path):
         load_sst2_tsv(tmp_path / "bad.tsv")
 
 
+def test_published_sst2_checksum():
+    # As torchtext's SST2 loader published it for this URL (pytorch/text, torchtext/datasets/sst2.py).
+    assert (data.SST2_URL, data.SST2_MD5) == ("https://dl.fbaipublicfiles.com/glue/data/SST-2.zip",
+                                              "9f81648d4199384278b86e315dac217c")
+
+
+def test_load_sst2_can_skip_the_hub(tmp_path, monkeypatch):
+    hub_online(monkeypatch)
+    sst2_zip(tmp_path, monkeypatch)
+    hub = FakeDatasets()
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    splits = data.load_sst2(tmp_path / "root", hub=False)
+    assert hub.calls == [] and splits["dev"][1].tolist() == [0, 1]
+
+
 def test_fetch_sst2_unzips(tmp_path, monkeypatch):
     (tmp_path / "src").mkdir()
     with zipfile.ZipFile(tmp_path / "src" / "SST-2.zip", "w") as z:

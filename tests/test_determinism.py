@@ -123,6 +123,32 @@ def test_collect_reads_complete_runs_and_update_check_round_trip(tmp_path):
     assert reference.check("quick", tmp_path, None, file) == 1
 
 
+def test_update_merge_keeps_the_runs_that_are_not_under_results(tmp_path):
+    from experiments.runlog import write_csv
+
+    folder = tmp_path / "cpu" / "patch"
+    folder.mkdir(parents=True)
+    file = tmp_path / "ref.csv"
+
+    def finish(name, value):
+        write_csv(folder / f"{name}.csv", [dict(r, run=name, value=value) for r in _rows()])
+        (folder / f"{name}.json").write_text(f'{{"run": "{name}", "status": "complete", "config": {{}}}}')
+
+    finish("a-seed0-x", 1.0)
+    reference.update("cpu", tmp_path, None, file)
+    (folder / "a-seed0-x.csv").unlink()  # a later session: results/ is gone, another run is done
+    (folder / "a-seed0-x.json").unlink()
+    finish("b-seed0-x", 2.0)
+    reference.update("cpu", tmp_path, None, file, merge=True)
+    assert {r["run"] for r in reference.read(file)} == {"a-seed0-x", "b-seed0-x"}
+    finish("b-seed0-x", 3.0)  # rerun: its rows are replaced, not duplicated
+    reference.update("cpu", tmp_path, None, file, merge=True)
+    b = [r for r in reference.read(file) if r["run"] == "b-seed0-x" and r["metric"] == "test_accuracy"]
+    assert [r["value"] for r in b] == [3.0]
+    reference.update("cpu", tmp_path, None, file)  # without merge: only what is under results/
+    assert {r["run"] for r in reference.read(file)} == {"b-seed0-x"}
+
+
 def test_the_committed_reference_is_tidy():
     rows = reference.read(reference.path("quick"))
     assert rows, "experiments/reference/quick.csv is empty"
@@ -136,6 +162,19 @@ def test_readme_tables_equal_the_reference():
     assert readme_tables.render(text, readme_tables.Runs(reference.read(reference.path("quick")))) == text, (
         "README.md's tables differ from experiments/reference/quick.csv: run "
         "`python -m experiments.reference readme`")
+
+
+def test_a_cpu_block_renders_from_the_cpu_reference():
+    row = dict(experiment="patch", run="small_lr-seed0-x", method="small_lr", seed=0)
+    cpu = readme_tables.Runs([dict(row, metric=m, value=v) for m, v in (
+        ("clean_accuracy", 40.0), ("patched_accuracy", 90.0), ("patch_only_accuracy", 97.5))])
+    text = ("<!-- reference:patch-cpu -->\nold\n<!-- /reference -->\n"
+            "<!-- reference:patch -->\nold\n<!-- /reference -->\n")
+    out = readme_tables.render(text, readme_tables.Runs([]), {"cpu": cpu})
+    assert "| small h (0.004) | 40.0 | 90.0 | 97.5 |" in out.split("<!-- reference:patch -->")[0]
+    assert out.split("<!-- reference:patch -->")[1].startswith("\nnot run\n")  # the quick rows: none
+    with pytest.raises(ValueError, match="unknown reference block 'nope-cpu'"):
+        readme_tables.render("<!-- reference:nope-cpu -->\n<!-- /reference -->", cpu, {"cpu": cpu})
 
 
 def test_slice_commands_name_experiment_modules():

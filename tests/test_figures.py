@@ -8,7 +8,7 @@ import pytest
 
 from experiments.config import PROFILES, RunConfig
 from experiments.runlog import RunLog
-from figures import patch, results_root, transfer
+from figures import patch, regularization, results_root, transfer
 
 
 @dataclass
@@ -77,6 +77,31 @@ def test_transfer_figure_reads_like_the_papers(tmp_path):
                                                        "Small ResNet, generated data"]
     assert any("mean ± sd, n = 3 seeds" in t for t in texts(fig))
     assert not fig.axes[2].texts  # no annotations beside the points: the legend names them
+    assert not [line for line in resnet_top.get_lines() if line.get_label().startswith("chance")]
+
+
+@dataclass
+class TextLikeConfig(RunConfig):
+    model: str = "distilbert"
+    dataset: str = "synthetic_sentiment"
+
+
+def test_transfer_figure_of_the_generated_text_task_has_its_chance_line(tmp_path):
+    for method, accuracies in (("distilbert_multirate", [60, 80]), ("distilbert_head_only", [52, 55])):
+        cfg = TextLikeConfig(experiment="transfer", results_dir=str(tmp_path), method=method,
+                             wandb="disabled", epochs=2)
+        log = RunLog(cfg)
+        log.start("cpu")
+        for epoch, acc in enumerate(accuracies, 1):
+            log.log(epoch, epoch, epoch, {"test_accuracy": acc})
+        log.finish("complete")
+    acc = transfer.load(tmp_path / "quick" / "transfer")
+    fig = transfer.plot(acc, transfer.summarise(acc), "quick")
+    assert fig.axes[0].get_title() == "Tiny DistilBERT, generated data"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "Multirate, fast: fc", "Train Layer fc", "chance (50 %)"]
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
+        "Multirate, fast: fc", "Train Layer fc"]
 
 
 def test_patch_figure_labels_the_step_sizes_and_chance(tmp_path):
@@ -105,3 +130,56 @@ class PatchLikeConfig(RunConfig):
 def test_every_profile_is_accepted():
     for profile in PROFILES:  # every script parses its arguments with results_root
         assert results_root("figure", ["--profile", profile, "--results-dir", "r"]) == Path("r") / profile
+
+
+@dataclass
+class RegularizationLikeConfig(RunConfig):
+    dataset: str = "generated"
+
+
+def test_regularization_figure_reads_like_the_papers(tmp_path):
+    for seed in (0, 1, 2):
+        for method in ("sgd", "dropout", "multirate"):
+            gap = {"sgd": 0.3, "dropout": 0.1, "multirate": 0.0}[method]
+            for experiment, dataset in (("regularization_lm", "ptb"), ("regularization_mlp", "generated")):
+                cfg = RegularizationLikeConfig(experiment=experiment, results_dir=str(tmp_path),
+                                               method=method, seed=seed, dataset=dataset, wandb="disabled",
+                                               epochs=3)
+                log = RunLog(cfg)
+                log.start("cpu")
+                for epoch in (1, 2, 3):
+                    metrics = ({"val_loss": 5.0 - epoch + gap * epoch ** 2 + 0.01 * seed, "test_ppl": 100.0}
+                               if experiment == "regularization_lm" else
+                               {"test_accuracy": 90.0 + epoch - gap * epoch + 0.1 * seed})
+                    log.log(epoch, epoch, epoch, metrics)
+                log.finish("complete")
+    found = regularization.load(tmp_path / "quick")
+    fig = regularization.plot(found, regularization.datasets(tmp_path / "quick", found), "quick")
+    lm, mlp = fig.axes
+    assert [t.get_text() for t in lm.get_legend().get_texts()] == [
+        "SGD", "SGD + dropout", "Multirate", "minimum of the mean"]
+    assert [t.get_text() for t in mlp.get_legend().get_texts()] == ["SGD", "SGD + dropout", "Multirate"]
+    assert lm.get_title() == "Transformer LM, Penn Treebank data: validation loss"
+    assert mlp.get_title() == "One-hidden-layer perceptron, generated data: test accuracy"
+    lines = {line.get_label(): line for line in mlp.get_lines()}
+    assert lines["Multirate"].get_linewidth() > lines["SGD"].get_linewidth()  # marked apart
+    note = "mean ± sd, n = 3 seeds · quick profile: Penn Treebank data, generated data"
+    assert note in texts(fig)
+
+
+def test_convergence_figure_labels_only_the_plotted_k_and_T():
+    from figures import convergence
+
+    rows = pd.DataFrame([dict(method=method, k=k, T=T, measured=1e-4, measured_sd=1e-5, bound=0.1,
+                              bound_M_observed=5e-3, L=0.02, M=1.0, h=2.0, groups=2, seeds=3)
+                         for method, ks in (("multirate", (1, 3)), ("sgd", (1,))) for k in ks
+                         for T in (30, 90)])
+    fig = convergence.plot(rows)
+    fig.canvas.draw()
+    left, right = fig.axes
+    assert [t.get_text() for t in left.get_xticklabels(minor=True)] == []  # no "2 x 10^0"
+    assert [t.get_text() for t in left.get_xticklabels()] == ["1", "3"]
+    assert [t.get_text() for t in right.get_xticklabels()] == ["30", "90"]
+    assert [t.get_text() for t in right.get_xticklabels(minor=True)] == []
+    assert "Multirate, measured" in [t.get_text() for t in left.get_legend().get_texts()]
+    assert "measured: mean ± sd, n = 3 seeds (bars) · bounds: Theorem B.4" in texts(fig)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from multirate import Multirate, partition
+from tests.helpers import algorithm_1, assert_lockstep, batches, quadratic_grads, small_net, train
 
 
 def scalar_pair(**kwargs):
@@ -51,41 +52,6 @@ def test_iterates_match_hand_computation(k, h, drift, slow_grads, slow_by_hand, 
     assert [f for _, f in iterates] == pytest.approx(FAST_BY_HAND, abs=1e-12)
 
 
-def algorithm_1(theta_s, theta_f, grad_fn, h, k, mu, wd, cycles, drift):
-    """Algorithm 1 of the paper written in cycle form, as a reference (grad_fn(t, s, f) -> g_s, g_f).
-
-    Without drift the slow jump comes after the cycle's first gradient evaluation, so that one
-    backward pass on the cycle's first minibatch serves both parts (the optimizer's contract).
-    """
-    p_s, p_f, t = torch.zeros_like(theta_s), torch.zeros_like(theta_f), 0
-    for _ in range(cycles):
-        g_s, _ = grad_fn(t, theta_s, theta_f)
-        p_s = mu * p_s + g_s + wd * theta_s
-        for i in range(k):
-            _, g_f = grad_fn(t, theta_s, theta_f)
-            p_f = mu * p_f + g_f + wd * theta_f
-            theta_f = theta_f - h / k * p_f
-            if drift:
-                theta_s = theta_s - h / k * p_s
-            elif i == 0:
-                theta_s = theta_s - h * p_s
-            t += 1
-    return theta_s, theta_f
-
-
-def quadratic_grads(seed, n=5):
-    """Minibatch losses 0.5 * |A_t [s; f] - b_t|^2 with a fresh A_t, b_t per step t."""
-    g = torch.Generator().manual_seed(seed)
-    mats = [(torch.randn(2 * n, 2 * n, generator=g, dtype=torch.float64) / n,
-             torch.randn(2 * n, generator=g, dtype=torch.float64)) for _ in range(100)]
-
-    def grad_fn(t, s, f):
-        a, b = mats[t]
-        grad = a.T @ (a @ torch.cat([s, f]) - b)
-        return grad[:n], grad[n:]
-    return grad_fn
-
-
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 @pytest.mark.parametrize("drift", [True, False])
 def test_matches_algorithm_1(k, drift):
@@ -101,27 +67,6 @@ def test_matches_algorithm_1(k, drift):
         opt.step()
     torch.testing.assert_close(slow.detach(), ref_s, rtol=0, atol=1e-12)
     torch.testing.assert_close(fast.detach(), ref_f, rtol=0, atol=1e-12)
-
-
-def small_net(seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
-    return net.to(dtype)
-
-
-def batches(n=12, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 6, generator=g, dtype=dtype), torch.randint(0, 3, (8,), generator=g))
-            for _ in range(n)]
-
-
-def train(model, opt, data, closure_per_step=None):
-    for x, y in data:
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        if closure_per_step:
-            closure_per_step()
 
 
 @pytest.mark.parametrize("foreach", [True, False])
@@ -186,25 +131,6 @@ def test_state_dict_lockstep(groups, steps_before_save):
         return Multirate(parts, lr=0.1, k=3, momentum=0.9, weight_decay=1e-3, linear_drift=drift)
 
     assert_lockstep(make, steps_before_save)
-
-
-def assert_lockstep(make_optimizer, steps_before_save, dtype=torch.float32):
-    """Train, save, load into a fresh copy, then step both and compare at every step."""
-    data = batches(n=20, dtype=dtype)
-    net = small_net(dtype=dtype)
-    opt = make_optimizer(net)
-    train(net, opt, data[:steps_before_save])
-
-    net2 = small_net(seed=1, dtype=dtype)
-    net2.load_state_dict(copy.deepcopy(net.state_dict()))
-    opt2 = make_optimizer(net2)
-    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
-    assert opt2.is_slow_step == opt.is_slow_step
-    for batch in data[steps_before_save:]:
-        train(net, opt, [batch])
-        train(net2, opt2, [batch])
-        for a, b in zip(net.parameters(), net2.parameters()):
-            assert torch.equal(a, b)
 
 
 def test_scheduler_scales_both_rates():

@@ -7,36 +7,39 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from multirate import Multirate, MultirateAdamW, TrainStep, partition
-from tests import test_optimizer
-from tests.test_optimizer import assert_lockstep, quadratic_grads, train
+from multirate import Multirate, MultirateAdam, MultirateAdamW, TrainStep, partition
+from tests import helpers
+from tests.helpers import assert_lockstep, cycle_reference, quadratic_grads, train
 
 
 # Float64 by default here: the k = 1 comparisons with torch's own optimizers are to 1e-13.
 def small_net(seed=0, dtype=torch.float64):
-    return test_optimizer.small_net(seed, dtype)
+    return helpers.small_net(seed, dtype)
 
 
 def batches(n=12, seed=0, dtype=torch.float64):
-    return test_optimizer.batches(n, seed, dtype)
+    return helpers.batches(n, seed, dtype)
 
 
 # ----------------------------------------------------------------------------- k = 1: the base itself
 
+# torch applies AdamW's decay as theta * (1 - h lambda) first, and divides Adam's m by its bias
+# correction last: equal up to rounding.
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("drift", [True, False])
-def test_adamw_k1_equals_torch_adamw(foreach, drift):
+@pytest.mark.parametrize("torch_cls,multirate_cls", [(torch.optim.AdamW, MultirateAdamW),
+                                                     (torch.optim.Adam, MultirateAdam)])
+def test_adam_bases_k1_equal_torch(torch_cls, multirate_cls, foreach, drift):
     net_a, net_b = small_net(), small_net()
-    ref = torch.optim.AdamW(net_a.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
-                            amsgrad=False, foreach=foreach)
-    # A slow group too: at k = 1 every step is a slow step and a slow group is AdamW as well.
-    mr = MultirateAdamW(partition.layerwise(net_b, ["4"]), lr=0.01, k=1, betas=(0.8, 0.99), eps=1e-6,
-                        weight_decay=0.1, linear_drift=drift, foreach=foreach)
+    ref = torch_cls(net_a.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
+                    amsgrad=False, foreach=foreach)
+    # A slow group too: at k = 1 every step is a slow step and a slow group is the base as well.
+    mr = multirate_cls(partition.layerwise(net_b, ["4"]), lr=0.01, k=1, betas=(0.8, 0.99), eps=1e-6,
+                       weight_decay=0.1, linear_drift=drift, foreach=foreach)
     for batch in batches():
         train(net_a, ref, [batch])
         train(net_b, mr, [batch])
         for a, b in zip(net_a.parameters(), net_b.parameters()):
-            # torch applies the decay as theta * (1 - h lambda) first: equal up to rounding.
             torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
     assert not torch.equal(net_a[0].weight, small_net()[0].weight)
 
@@ -69,52 +72,46 @@ def test_nesterov_random_subgroups_k1_equals_torch_sgd():
 
 # ----------------------------------------------------------------------------- k > 1: the definition
 
-def adamw_reference(theta_s, theta_f, grad_fn, h, k, betas, eps, wd, cycles, drift):
-    """The docstring's definition in cycle form: slow moments once per cycle, direction frozen."""
+def adamw_base(betas, eps, wd):
+    """``base`` of `cycle_reference` for AdamW: moments and an update counter per parameter."""
     b1, b2 = betas
-    m_s, v_s, m_f, v_f = (torch.zeros_like(theta_s) for _ in range(4))
-    t = 0
 
-    def adamw(m, v, g, n, theta):
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        d = (m / (1 - b1**n)) / ((v / (1 - b2**n)).sqrt() + eps) + wd * theta
-        return m, v, d
+    def base():
+        m = v = 0.0
+        n = 0
 
-    for cycle in range(cycles):
-        g_s, _ = grad_fn(t, theta_s, theta_f)
-        m_s, v_s, d_s = adamw(m_s, v_s, g_s, cycle + 1, theta_s)
-        for i in range(k):
-            _, g_f = grad_fn(t, theta_s, theta_f)
-            m_f, v_f, d_f = adamw(m_f, v_f, g_f, t + 1, theta_f)
-            theta_f = theta_f - h / k * d_f
-            if drift:
-                theta_s = theta_s - h / k * d_s
-            elif i == 0:
-                theta_s = theta_s - h * d_s
-            t += 1
-    return theta_s, theta_f
+        def direction(g, theta):
+            nonlocal m, v, n
+            n += 1
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            return (m / (1 - b1**n)) / ((v / (1 - b2**n)).sqrt() + eps) + wd * theta
+        return direction
+    return base
 
 
-def nesterov_reference(theta_s, theta_f, grad_fn, h, k, mu, wd, cycles, drift):
-    """Algorithm 1 with Nesterov directions d + mu p, the slow one frozen for the cycle."""
-    p_s, p_f, t = torch.zeros_like(theta_s), torch.zeros_like(theta_f), 0
-    for _ in range(cycles):
-        g_s, _ = grad_fn(t, theta_s, theta_f)
-        d = g_s + wd * theta_s
-        p_s = mu * p_s + d
-        dir_s = d + mu * p_s
-        for i in range(k):
-            _, g_f = grad_fn(t, theta_s, theta_f)
-            d = g_f + wd * theta_f
-            p_f = mu * p_f + d
-            theta_f = theta_f - h / k * (d + mu * p_f)
-            if drift:
-                theta_s = theta_s - h / k * dir_s
-            elif i == 0:
-                theta_s = theta_s - h * dir_s
-            t += 1
-    return theta_s, theta_f
+def adam_base(betas, eps, wd):
+    """``base`` of `cycle_reference` for Adam with coupled L2 (the decay folded into g)."""
+    adam = adamw_base(betas, eps, wd=0.0)
+
+    def base():
+        direction = adam()
+        return lambda g, theta: direction(g + wd * theta, theta)
+    return base
+
+
+def nesterov_base(mu, wd):
+    """``base`` of `cycle_reference` for Nesterov momentum: direction d + mu p, d = g + wd theta."""
+    def base():
+        p = 0.0
+
+        def direction(g, theta):
+            nonlocal p
+            d = g + wd * theta
+            p = mu * p + d
+            return d + mu * p
+        return direction
+    return base
 
 
 def run_scalar_pair(opt_cls, grad_fn, k, steps, **kwargs):
@@ -134,8 +131,8 @@ def test_adamw_matches_definition(k, drift, foreach):
     grad_fn = quadratic_grads(seed=k)
     (s0, f0), (s, f) = run_scalar_pair(MultirateAdamW, grad_fn, k, 4 * k, lr=0.05, betas=(0.9, 0.99),
                                        eps=1e-8, weight_decay=0.1, linear_drift=drift, foreach=foreach)
-    ref_s, ref_f = adamw_reference(s0, f0, grad_fn, h=0.05, k=k, betas=(0.9, 0.99), eps=1e-8, wd=0.1,
-                                   cycles=4, drift=drift)
+    ref_s, ref_f = cycle_reference(s0, f0, grad_fn, h=0.05, k=k, cycles=4, drift=drift,
+                                   base=adamw_base((0.9, 0.99), eps=1e-8, wd=0.1))
     torch.testing.assert_close(s, ref_s, rtol=0, atol=1e-12)
     torch.testing.assert_close(f, ref_f, rtol=0, atol=1e-12)
     assert not torch.allclose(s, s0)
@@ -149,7 +146,8 @@ def test_nesterov_matches_definition(k, drift, foreach):
     (s0, f0), (s, f) = run_scalar_pair(Multirate, grad_fn, k, 4 * k, lr=0.3, momentum=0.9,
                                        weight_decay=0.01, nesterov=True, linear_drift=drift,
                                        foreach=foreach)
-    ref_s, ref_f = nesterov_reference(s0, f0, grad_fn, h=0.3, k=k, mu=0.9, wd=0.01, cycles=4, drift=drift)
+    ref_s, ref_f = cycle_reference(s0, f0, grad_fn, h=0.3, k=k, cycles=4, drift=drift,
+                                   base=nesterov_base(mu=0.9, wd=0.01))
     torch.testing.assert_close(s, ref_s, rtol=0, atol=1e-12)
     torch.testing.assert_close(f, ref_f, rtol=0, atol=1e-12)
 
@@ -350,71 +348,23 @@ def test_check_hyperparameters_accepts_what_the_optimizers_accept():
 
 # ------------------------------------------------------------------------ a third base: Adam (coupled L2)
 
-@pytest.mark.parametrize("foreach", [True, False])
-@pytest.mark.parametrize("drift", [True, False])
-def test_adam_k1_equals_torch_adam(foreach, drift):
-    from multirate import MultirateAdam
-
-    net_a, net_b = small_net(), small_net()
-    ref = torch.optim.Adam(net_a.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
-                           foreach=foreach)
-    mr = MultirateAdam(partition.layerwise(net_b, ["4"]), lr=0.01, k=1, betas=(0.8, 0.99), eps=1e-6,
-                       weight_decay=0.1, linear_drift=drift, foreach=foreach)
-    for batch in batches():
-        train(net_a, ref, [batch])
-        train(net_b, mr, [batch])
-        for a, b in zip(net_a.parameters(), net_b.parameters()):
-            # torch divides m by its bias correction last: equal up to rounding.
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
-    assert not torch.equal(net_a[0].weight, small_net()[0].weight)
-
-
-def adam_reference(theta_s, theta_f, grad_fn, h, k, betas, eps, wd, cycles, drift):
-    """Adam with coupled L2 in cycle form: slow moments once per cycle, direction frozen."""
-    b1, b2 = betas
-    m_s, v_s, m_f, v_f = (torch.zeros_like(theta_s) for _ in range(4))
-    t = 0
-
-    def adam(m, v, g, n, theta):
-        g = g + wd * theta
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        return m, v, (m / (1 - b1**n)) / ((v / (1 - b2**n)).sqrt() + eps)
-
-    for cycle in range(cycles):
-        g_s, _ = grad_fn(t, theta_s, theta_f)
-        m_s, v_s, d_s = adam(m_s, v_s, g_s, cycle + 1, theta_s)
-        for i in range(k):
-            _, g_f = grad_fn(t, theta_s, theta_f)
-            m_f, v_f, d_f = adam(m_f, v_f, g_f, t + 1, theta_f)
-            theta_f = theta_f - h / k * d_f
-            if drift:
-                theta_s = theta_s - h / k * d_s
-            elif i == 0:
-                theta_s = theta_s - h * d_s
-            t += 1
-    return theta_s, theta_f
-
+# (k = 1: test_adam_bases_k1_equal_torch above.)
 
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("drift", [True, False])
 def test_adam_matches_definition(k, drift, foreach):
-    from multirate import MultirateAdam
-
     grad_fn = quadratic_grads(seed=20 + k)
     (s0, f0), (s, f) = run_scalar_pair(MultirateAdam, grad_fn, k, 4 * k, lr=0.05, betas=(0.9, 0.99),
                                        eps=1e-8, weight_decay=0.1, linear_drift=drift, foreach=foreach)
-    ref_s, ref_f = adam_reference(s0, f0, grad_fn, h=0.05, k=k, betas=(0.9, 0.99), eps=1e-8, wd=0.1,
-                                  cycles=4, drift=drift)
+    ref_s, ref_f = cycle_reference(s0, f0, grad_fn, h=0.05, k=k, cycles=4, drift=drift,
+                                   base=adam_base((0.9, 0.99), eps=1e-8, wd=0.1))
     torch.testing.assert_close(s, ref_s, rtol=0, atol=1e-12)
     torch.testing.assert_close(f, ref_f, rtol=0, atol=1e-12)
     assert not torch.allclose(s, s0)
 
 
 def test_adam_state_dict_lockstep():
-    from multirate import MultirateAdam
-
     assert_lockstep(lambda net: MultirateAdam(partition.layerwise(net, ["4"]), k=3, lr=0.01,
                                               weight_decay=0.1), 5, dtype=torch.float64)
 

@@ -1,8 +1,10 @@
 import pytest
+import torch
 import torchvision
 from torch import nn
 
 from multirate import Multirate, partition
+from tests.helpers import algorithm_1, assert_lockstep, batches, quadratic_grads, small_net, train
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +76,10 @@ def test_random_subgroups(resnet):
 # ------------------------------------------------------------------------ a fixed random elementwise split
 
 def _split_net():
-    from tests.test_optimizer import small_net
-
     return small_net()
 
 
 def test_random_split_exact_fraction_per_tensor_drawn_once():
-    import torch
-
-    from tests.test_optimizer import batches, train
-
     net = _split_net()
     opt = Multirate(partition.random_split(net, slow_fraction=0.3, seed=5), lr=0.1, k=3, momentum=0.9)
     train(net, opt, batches(n=1))
@@ -107,10 +103,6 @@ def test_random_split_exact_fraction_per_tensor_drawn_once():
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_random_split_entries_follow_algorithm_1(k, drift):
     """Slow entries are slow parameters and fast entries fast ones, elementwise, in one tensor."""
-    import torch
-
-    from tests.test_optimizer import algorithm_1, quadratic_grads
-
     grad_fn = quadratic_grads(seed=k)
     w = nn.Parameter(torch.linspace(-1, 2, 10, dtype=torch.float64))
     opt = Multirate([dict(params=[w], rate="split", slow_fraction=0.5, seed=1)], lr=0.3, k=k, momentum=0.9,
@@ -135,10 +127,6 @@ def test_random_split_entries_follow_algorithm_1(k, drift):
 
 @pytest.mark.parametrize("foreach", [True, False])
 def test_random_split_k1_equals_sgd(foreach):
-    import torch
-
-    from tests.test_optimizer import batches, train
-
     net_a, net_b = _split_net(), _split_net()
     sgd = torch.optim.SGD(net_a.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-3, foreach=foreach)
     mr = Multirate(partition.random_split(net_b), lr=0.1, k=1, momentum=0.9, weight_decay=5e-3,
@@ -153,7 +141,6 @@ def test_random_split_k1_equals_sgd(foreach):
 @pytest.mark.parametrize("drift", [True, False])
 @pytest.mark.parametrize("steps_before_save", [4, 5])
 def test_random_split_state_dict_lockstep(drift, steps_before_save):
-    from tests.test_optimizer import assert_lockstep
 
     assert_lockstep(lambda net: Multirate(partition.random_split(net, 0.5, seed=2), lr=0.1, k=3, momentum=0.9,
                                           weight_decay=1e-3, linear_drift=drift), steps_before_save)

@@ -5,11 +5,15 @@ two steps of each kind for every other paper experiment on the CPU, on minibatch
 """
 
 import json
+import sys
+import types
 
 import pytest
 import torch
+import transformers
 
-from experiments import data, plan, regularization_lm
+from experiments import data, plan, regularization_lm, transfer_text
+from experiments.config import load_config
 from experiments.regularization_mlp import MLPTask
 from multirate import Multirate, partition
 
@@ -89,6 +93,73 @@ def test_loaders_are_put_back(no_data):
         assert labels.dtype == torch.int64 and 0 <= labels.min() and labels.max() < 100
     assert (data.load_cifar, data.fetch_mnist) == originals
     assert any("cifar100 not found" in note for note in sources.notes)
+
+
+class WordTokenizer:
+    """A stand-in for the DistilBERT tokenizer in the Hugging Face cache: [CLS] words [SEP] [PAD]..."""
+
+    def __call__(self, sentences, padding, truncation, max_length, return_tensors):
+        ids = torch.zeros(len(sentences), max_length, dtype=torch.int64)
+        for i, sentence in enumerate(sentences):
+            row = [101, *[2000 + len(w) for w in sentence.split()][: max_length - 2], 102]
+            ids[i, : len(row)] = torch.tensor(row)
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+class CachedHub:
+    """Hugging Face `datasets` whose cache holds SST-2 (or nothing): records the offline flag it saw."""
+
+    def __init__(self, cached: bool):
+        self.cached, self.offline_seen = cached, []
+        self.config = types.SimpleNamespace(HF_HUB_OFFLINE=False)
+
+    def load_dataset(self, *args):
+        self.offline_seen.append(self.config.HF_HUB_OFFLINE)
+        if not self.cached:
+            raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (OfflineModeIsEnabled)")
+        return {"train": {"sentence": ["a fine film ", "dull "], "label": [1, 0]},
+                "validation": {"sentence": ["great "], "label": [1]}}
+
+
+def sst2_data(root, monkeypatch, hub):
+    """What the plan hands the paper SST-2 task: (train and test tensors, the plan's notes)."""
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda name, local_files_only: WordTokenizer())
+    cfg = load_config(transfer_text.TextTransferConfig, transfer_text.TOML, "paper", "distilbert_train_all",
+                      [f"results_dir={root}", f"data_dir={root / 'data'}", "wandb=disabled"])
+    with plan.Sources().installed() as sources:
+        tensors = transfer_text.TextTransfer(cfg)._data(cfg)
+    assert transfer_text.load_sst2 is data.load_sst2  # put back
+    return tensors, sources.notes
+
+
+def test_sst2_from_the_hub_cache_only(no_data, monkeypatch):
+    hub = CachedHub(cached=True)
+    tensors, notes = sst2_data(no_data, monkeypatch, hub)
+    assert hub.offline_seen == [True] and hub.config.HF_HUB_OFFLINE is False  # cache only, then reset
+    assert notes == ["data: SST-2 from the Hugging Face datasets cache"]
+    assert tensors["train"][2].tolist() == [1, 0] and tensors["test"][0].shape == (1, 64)
+
+
+def test_sst2_from_the_data_root_else_a_stand_in(no_data, monkeypatch, capsys):
+    tensors, notes = sst2_data(no_data, monkeypatch, CachedHub(cached=False))
+    folder = no_data / "data" / "SST-2"
+    assert notes[0] == f"data: SST-2 in neither the Hugging Face datasets cache nor {folder}"
+    assert "SST-2 stand-in of its sizes (67349 train, 872 dev" in notes[1]
+    ids, mask, labels = tensors["train"]
+    assert ids.shape == mask.shape == (67_349, 64) and labels.shape == (67_349,)
+    assert tensors["test"][0].shape == (872, 64) and ids.dtype == labels.dtype == torch.int64
+    assert not folder.exists()  # nothing downloaded
+
+    folder.mkdir(parents=True)
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text("sentence\tlabel\nit 's a charming film \t1\nbleak \t0\n")
+    tensors, notes = sst2_data(no_data, monkeypatch, CachedHub(cached=False))
+    assert notes == [f"data: SST-2 from {folder}"]
+    assert tensors["train"][2].tolist() == [1, 0] and tensors["train"][0][0, :7].tolist() == [
+        101, 2002, 2002, 2001, 2008, 2004, 102]
+    assert "hub failed" not in capsys.readouterr().err  # the hub is tried once, in the cache only
 
 
 def test_skip_to_slow_step():

@@ -12,6 +12,7 @@ import pytest
 
 from experiments import ablations, registry, report, slurm, sweep
 from experiments.config import experiment_config, list_methods, load_config
+from tests.helpers import write_toy_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,59 +148,6 @@ def test_the_import_check_runs_from_the_command_line():
 
 # ----------------------------------------------------------------------------- a toy fourth experiment
 
-TOY_MODULE = '''
-"""A toy experiment: a two-layer net fitting a smooth function, multirate (fast = fc) against SGD."""
-from dataclasses import dataclass
-from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from experiments import runner
-from experiments.config import RunConfig
-
-TOML = Path(__file__).with_name("toy_exp.toml")
-
-
-@dataclass
-class ToyConfig(RunConfig):
-    n: int = 64
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body, self.fc = nn.Linear(4, 8), nn.Linear(8, 1)
-
-    def forward(self, x):
-        return self.fc(torch.tanh(self.body(x)))
-
-
-class Toy(runner.Task):
-    def data(self, n, seed):
-        x = torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
-        return x, x.sum(1, keepdim=True).sin()
-
-    def build_model(self):
-        return Net()
-
-    def train_tensors(self, device):
-        return self.data(self.cfg.n, 1)
-
-    def loss(self, model, batch):
-        x, y = batch
-        return F.mse_loss(model(x), y)
-
-    def evaluate(self, model, device):
-        x, y = self.data(100, 2)
-        return {"test_loss": F.mse_loss(model(x), y).item()}
-
-
-def main(argv=None):
-    return runner.main(argv, ToyConfig, TOML, Toy)
-'''
-
 TOY_TOML = '''
 experiment = "toy"
 epochs = 2
@@ -250,8 +198,7 @@ def toy(tmp_path, monkeypatch):
     experiments/registry.py."""
     code = tmp_path / "code"
     code.mkdir()
-    (code / "toy_exp.py").write_text(textwrap.dedent(TOY_MODULE))
-    (code / "toy_exp.toml").write_text(TOY_TOML)
+    write_toy_experiment(code, "toy_exp", TOY_TOML)
     (code / "toy_figure.py").write_text(textwrap.dedent(TOY_FIGURE))
     monkeypatch.syspath_prepend(str(code))
     entry = registry.Experiment("toy", (registry.Part("toy_exp", str(code / "toy_exp.toml"),
@@ -300,8 +247,7 @@ def test_a_toy_fourth_experiment_is_run_drawn_reported_submitted_ablated_and_swe
 
 def test_no_test_file_imports_another():
     """Shared test helpers live in tests/helpers.py (and fixtures in tests/conftest.py)."""
-    not_moved_yet = {("test_optimizer_bases", "test_optimizer"), ("test_partition", "test_optimizer"),
-                     ("test_patch", "test_data"), ("test_regularization", "test_data"),
+    not_moved_yet = {("test_patch", "test_data"), ("test_regularization", "test_data"),
                      ("test_transfer", "test_data"), ("test_tracking", "test_runlog")}
     arrows = set()
     for path in sorted((ROOT / "tests").glob("test_*.py")):

@@ -13,10 +13,10 @@ from experiments.transfer import TOML as TRANSFER_TOML
 from experiments.transfer import TransferConfig
 
 
-def log(cls, toml, method, seed, tmp_path, series, seconds=10.0):
+def log(cls, toml, method, seed, tmp_path, series, seconds=10.0, overrides=()):
     """A complete run whose epochs log `series` ({metric: [value per epoch]})."""
     cfg = load_config(cls, toml, "quick", method,
-                      [f"results_dir={tmp_path}", f"seed={seed}", "wandb=disabled"])
+                      [f"results_dir={tmp_path}", f"seed={seed}", "wandb=disabled", *overrides])
     run = RunLog(cfg)
     run.start("cpu")
     epochs = len(next(iter(series.values())))
@@ -25,15 +25,15 @@ def log(cls, toml, method, seed, tmp_path, series, seconds=10.0):
     run.finish("complete")
 
 
-def patch_run(tmp_path, method, seed, clean):
+def patch_run(tmp_path, method, seed, clean, dataset="generated"):
     log(PatchConfig, PATCH_TOML, method, seed, tmp_path,
         {"clean_accuracy": [10.0, clean], "patched_accuracy": [10.0, clean + 20],
-         "patch_only_accuracy": [10.0, 95.0]})
+         "patch_only_accuracy": [10.0, 95.0]}, overrides=[f"dataset={dataset}"])
 
 
 def test_report_numbers_differences_and_missing_experiments(tmp_path, monkeypatch):
-    patch_run(tmp_path, "small_lr", 0, 70.0)
-    patch_run(tmp_path, "small_lr", 1, 72.0)
+    patch_run(tmp_path, "small_lr", 0, 70.0, "cifar10")
+    patch_run(tmp_path, "small_lr", 1, 72.0, "cifar10")
     text = report.report(tmp_path, "quick")
     assert "| small_lr | clean_accuracy | 2 | 68.00 | 71.00 ± 1.41 | +3.00 |" in text
     assert "| small_lr | patched_accuracy | 2 | 93.00 | 91.00 ± 1.41 | -2.00 |" in text
@@ -47,12 +47,27 @@ def test_report_numbers_differences_and_missing_experiments(tmp_path, monkeypatc
     assert "| small_lr | patched_accuracy | 2 | — | 91.00 ± 1.41 | — |" in text
 
 
+def test_no_accuracy_difference_across_tasks(tmp_path):
+    # On the generated patch task the paper's CIFAR-10 accuracies are shown, never subtracted.
+    patch_run(tmp_path, "small_lr", 0, 70.0)
+    text = report.report(tmp_path, "quick")
+    assert "| small_lr | clean_accuracy | 1 | 68.00 | 70.00 | other task |" in text
+    assert "+2.00" not in text
+
+
 def test_language_model_min_and_final_validation_loss(tmp_path):
-    log(LMConfig, LM_TOML, "sgd", 0, tmp_path, {"val_loss": [5.2, 4.80, 4.90]})
-    log(LMConfig, LM_TOML, "sgd", 1, tmp_path, {"val_loss": [5.0, 4.82, 5.00]})
+    log(LMConfig, LM_TOML, "sgd", 0, tmp_path, {"val_loss": [5.2, 4.80, 4.90]}, overrides=["dataset=ptb"])
+    log(LMConfig, LM_TOML, "sgd", 1, tmp_path, {"val_loss": [5.0, 4.82, 5.00]}, overrides=["dataset=ptb"])
     text = report.report(tmp_path, "quick")
     assert "| sgd | min_val_loss | 2 | 4.85 | 4.810 ± 0.014 | -0.040 |" in text
     assert "| sgd | final_val_loss | 2 | 4.97 | 4.950 ± 0.071 | -0.020 |" in text
+    assert "Penn Treebank" in text
+
+
+def test_language_model_on_generated_text_is_not_subtracted_from_ptb(tmp_path):
+    log(LMConfig, LM_TOML, "sgd", 0, tmp_path, {"val_loss": [5.2, 4.80, 4.90]})
+    text = report.report(tmp_path, "quick")
+    assert "| sgd | min_val_loss | 1 | 4.85 | 4.800 | other task |" in text
     assert "generated text (a DIFFERENT task" in text
 
 
@@ -63,7 +78,9 @@ def test_transfer_times_relative_to_train_all(tmp_path):
     paper = report.PAPER["transfer_resnet50"]
     paper_ratio = paper["multirate"]["time"] / paper["train_all"]["time"]
     diff = 0.40 - paper_ratio
-    assert f"| multirate | 1 | 83.40 | 79.00 | -4.40 | {paper_ratio:.2f} | 0.40 | {diff:+.2f} | 40 |" in text
+    # The time ratio is compared across tasks; the accuracy (generated task vs CIFAR-100) is not.
+    row = f"| multirate | 1 | 83.40 | 79.00 | other task | {paper_ratio:.2f} | 0.40 | {diff:+.2f} | 40 |"
+    assert row in text
     assert "small ResNet on the generated task (a DIFFERENT task" in text
     assert "### DistilBERT\n\nnot run" in text
 
@@ -78,4 +95,4 @@ def test_main_writes_a_report_per_profile_with_results_and_links_figures(tmp_pat
     assert written == [tmp_path / "quick" / "REPORT.md"]  # no paper results, no paper report
     text = written[0].read_text()
     assert "![patch](figures/patch.png)" in text
-    assert "| large_lr | clean_accuracy | 1 | 72.00 | 65.00 | -7.00 |" in text
+    assert "| large_lr | clean_accuracy | 1 | 72.00 | 65.00 | other task |" in text

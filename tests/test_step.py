@@ -123,3 +123,58 @@ def test_grad_scaler_drives_multirate():
     assert opts[0].param_groups[0]["step"] == 6
     for a, b in zip(*(m.state_dict().values() for m in models)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make_groups", [lambda m: partition.layerwise(m, ["1"]),
+                                         lambda m: partition.random_subgroups(m, 0.5)])
+@pytest.mark.parametrize("init_scale", [1.0, 1024.0])
+def test_train_step_with_scaler_equals_unscaled(make_groups, init_scale):
+    """Scale 1, or a power of two (exact), and no inf: the iterates and what ``reduce_grads`` sees
+    (the true gradients, unscaled before it) equal those of the unscaled step."""
+    models = [backbone_and_head(), backbone_and_head()]
+    opts = [Multirate(make_groups(m), lr=0.1, k=3, momentum=0.9, weight_decay=1e-3) for m in models]
+    seen = [[], []]
+    scalers = [None, torch.amp.GradScaler("cpu", init_scale=init_scale)]
+    steps = [TrainStep(m, o, reduce_grads=lambda ps, s=s: s.append([p.grad.clone() for p in ps]), scaler=sc)
+             for m, o, s, sc in zip(models, opts, seen, scalers)]
+    for i, (x, y) in enumerate(data()):
+        for m, step in zip(models, steps):
+            torch.manual_seed(i)
+            step(lambda: F.cross_entropy(m(x), y))
+        for a, b in zip(*(m.state_dict().values() for m in models)):
+            assert torch.equal(a, b)
+    assert len(seen[0]) == len(seen[1]) == len(data())
+    for a, b in zip(*seen):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("make_groups", [lambda m: partition.layerwise(m, ["1"]),
+                                         lambda m: partition.random_subgroups(m, 0.5)])
+def test_scaler_skipped_step_keeps_the_cycle(make_groups):
+    """An inf loss: the scaler skips ``optimizer.step()``, so nothing moves, the cycle stays where it
+    was and the scale halves; training goes on as if that minibatch had only been run forward
+    (which updates the batch-norm statistics)."""
+    models = [backbone_and_head(), backbone_and_head()]
+    opts = [Multirate(make_groups(m), lr=0.1, k=3, momentum=0.9) for m in models]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    steps = [TrainStep(models[0], opts[0], scaler=scaler), TrainStep(models[1], opts[1])]
+    batches = data(7)
+    for i, (x, y) in enumerate(batches):
+        if i == 4:  # a fast step (slow, fast, fast, slow, fast, ...)
+            before = [p.clone() for p in models[0].parameters()]
+            assert not opts[0].is_slow_step
+            step_count = opts[0].param_groups[0]["step"]
+            loss = steps[0](lambda: F.cross_entropy(models[0](x), y) * float("inf"))
+            assert not torch.isfinite(loss)
+            assert opts[0].param_groups[0]["step"] == step_count and not opts[0].is_slow_step
+            assert all(torch.equal(a, b) for a, b in zip(before, models[0].parameters()))
+            assert scaler.get_scale() == 2.0 ** 9
+            with torch.no_grad():
+                models[1](x)  # the batch-norm statistics that the skipped step's forward updated
+            continue
+        for m, step in zip(models, steps):
+            torch.manual_seed(i)
+            step(lambda: F.cross_entropy(m(x), y))
+        for a, b in zip(*(m.state_dict().values() for m in models)):
+            assert torch.equal(a, b)
+    assert opts[0].param_groups[0]["step"] == opts[1].param_groups[0]["step"] == len(batches) - 1

@@ -9,6 +9,7 @@ import yaml
 
 from experiments import sweep as sw
 from experiments.sweep import Sweep, load_sweep, trials, wandb_config
+from tests.helpers import write_toy_experiment
 
 SWEEPS = Path(__file__).resolve().parents[1] / "experiments" / "sweeps"
 
@@ -126,61 +127,6 @@ def test_example_sweeps_have_the_same_budget():
 
 # ----------------------------------------------------------------------------- a tiny real sweep
 
-TINY_MODULE = '''
-from dataclasses import dataclass
-from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from experiments import runner
-from experiments.config import RunConfig
-
-TOML = Path(__file__).with_name("tiny_sweep_exp.toml")
-BUILT = []
-
-
-@dataclass
-class TinyConfig(RunConfig):
-    n: int = 64
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body, self.fc = nn.Linear(4, 8), nn.Linear(8, 1)
-
-    def forward(self, x):
-        return self.fc(torch.tanh(self.body(x)))
-
-
-class Tiny(runner.Task):
-    def data(self, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 4, generator=g)
-        return x, x.sum(1, keepdim=True).sin()
-
-    def build_model(self):
-        BUILT.append(self.cfg.run_name)
-        return Net()
-
-    def train_tensors(self, device):
-        return self.data(self.cfg.n, 1)
-
-    def loss(self, model, batch):
-        x, y = batch
-        return F.mse_loss(model(x), y)
-
-    def evaluate(self, model, device):
-        x, y = self.data(100, 2)
-        return {"test_loss": F.mse_loss(model(x), y).item()}
-
-
-def main(argv=None):
-    return runner.main(argv, TinyConfig, TOML, Tiny)
-'''
-
 TINY_TOML = '''
 experiment = "tiny"
 epochs = 2
@@ -196,8 +142,7 @@ fast = ["fc"]
 
 @pytest.fixture
 def tiny_sweep(tmp_path, monkeypatch):
-    (tmp_path / "tiny_sweep_exp.py").write_text(TINY_MODULE)
-    (tmp_path / "tiny_sweep_exp.toml").write_text(TINY_TOML)
+    write_toy_experiment(tmp_path, "tiny_sweep_exp", TINY_TOML)
     path = tmp_path / "tiny_sweep.toml"
     path.write_text(textwrap.dedent(f'''
         module = "tiny_sweep_exp"
@@ -252,3 +197,10 @@ def test_example_sweeps_build_valid_configs(path):
         assert [cfg.seed for cfg in cfgs] == sweep.seeds
         for key, value in trial.items():
             assert getattr(cfgs[0], key) == value
+
+
+def test_each_trial_is_its_own_wandb_group():
+    s = random_sweep(0, n=2, seeds=[0, 1])
+    labels = [sw.variant(s, trial) for trial in trials(s)]
+    assert len(set(labels)) == 2 and all(label.startswith(f"variant={s.name}/lr=") for label in labels)
+    assert sw.variant(s) == f"variant={s.name}"  # the exported W&B sweep: one label for all its runs

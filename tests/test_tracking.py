@@ -96,3 +96,5 @@ def test_one_line_per_evaluation_only_when_not_a_terminal():
         tracking.print_epoch(cfg, 3, 138, 12.43, {"train_loss": 0.41273, "test_accuracy": 81.2}, stream)
         expected = f"{cfg.run_name}: epoch 3/15 step 138 12.4 s train_loss=0.4127 test_accuracy=81.2\n"
         assert stream.getvalue() == ("" if tty else expected)
+    # An epoch without evaluation (eval_every > 1) gets its line too, without metrics.
+    assert tracking.epoch_line(cfg, 4, 184, 16.0, {}) == f"{cfg.run_name}: epoch 4/15 step 184 16.0 s"

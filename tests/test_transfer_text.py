@@ -2,6 +2,7 @@
 which layers each method trains, the paper-profile task on a tiny random DistilBERT, hub errors."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
 import experiments.transfer_text as T
 from experiments.config import list_methods, load_config
+from experiments.data import load_sst2, load_sst2_tsv
 from experiments.runner import apply_train, build_optimizer, run
 
 TINY = ["tiny_dim=16", "tiny_layers=6", "tiny_heads=2", "tiny_hidden=32", "pretrain_steps=4",
@@ -89,6 +91,15 @@ def test_pretraining_is_deterministic(tmp_path):
     assert {"tag_accuracy", "mood_accuracy", "zero_shot_accuracy", "seconds", "spec"} <= set(a)
 
 
+def test_pretraining_prints_progress(tmp_path):
+    lines = []
+    T.pretrained_source_model(quick_cfg(tmp_path, "distilbert_train_all", "pretrain_steps=8"), lines.append)
+    assert lines[0].startswith("pretraining the tiny DistilBERT (8 steps), cached at ")
+    assert [line.split(",")[0] for line in lines[1:-1]] == [
+        f"pretraining tiny DistilBERT: step {step}/8" for step in (2, 4, 6, 8)]
+    assert lines[-1].startswith("pretrained in ")
+
+
 def test_quick_model_loads_the_pretrained_encoder_and_a_fresh_head(tmp_path):
     cfg = quick_cfg(tmp_path)
     model = T.TextTransfer(cfg).build_model()
@@ -130,11 +141,13 @@ def tiny_hub_model(*args, **kwargs):
 
 @pytest.fixture
 def sst2(tmp_path, monkeypatch):
-    """A tiny SST-2 folder in GLUE's format, the fake tokenizer and the tiny model in place of the hub."""
+    """A tiny SST-2 folder in GLUE's format, the fake tokenizer and the tiny model in place of the hub;
+    no `datasets` (so `load_sst2` reads the folder, as without the package: nothing is downloaded)."""
     folder = tmp_path / "data" / "SST-2"
     folder.mkdir(parents=True)
     (folder / "train.tsv").write_text(SST2_TRAIN)
     (folder / "dev.tsv").write_text(SST2_DEV)
+    monkeypatch.setitem(sys.modules, "datasets", None)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda name: FakeTokenizer())
     monkeypatch.setattr(DistilBertForSequenceClassification, "from_pretrained", tiny_hub_model)
     return tmp_path
@@ -147,7 +160,7 @@ def paper_cfg(tmp_path, method="distilbert_train_all", *extra):
 
 
 def test_sst2_tokenised_into_tensors(sst2):
-    data = T.sst2_tensors(sst2 / "data" / "SST-2", FakeTokenizer(), max_length=8)
+    data = T.sst2_tensors(load_sst2(sst2 / "data"), FakeTokenizer(), max_length=8)
     ids, mask, y = data["train"]
     assert ids.shape == mask.shape == (4, 8) and ids.dtype == mask.dtype == torch.int64
     assert y.tolist() == [0, 0, 1, 0]
@@ -164,6 +177,47 @@ def test_sst2_tokenised_into_tensors(sst2):
     assert sorted(task.test[2].tolist()) == [0, 1] and task.test[0].shape == (2, 64)
     ids, mask, y = task.batch(train, torch.Generator())
     assert ids.shape == mask.shape == (4, int(train[1].sum(1).max()))  # padding trimmed
+
+
+def test_sst2_through_load_sst2_gives_the_tensors_of_the_tsv_reader(sst2):
+    """The paper path (`load_sst2`, then `sst2_tensors`) tokenises exactly what the TSV reader read
+    before it went through `load_sst2`: the same tokenizer call, max_length and dtypes."""
+    folder, tokenizer = sst2 / "data" / "SST-2", FakeTokenizer()
+    old = {}
+    for split, file in (("train", "train.tsv"), ("test", "dev.tsv")):  # the reader before load_sst2
+        sentences, labels = load_sst2_tsv(folder / file)
+        enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
+        old[split] = (enc["input_ids"].long(), enc["attention_mask"].long(), labels)
+    cfg = paper_cfg(sst2)
+    assert cfg.max_length == 64
+    new = T.TextTransfer(cfg)._data(cfg)
+    assert set(new) == set(old) == {"train", "test"}
+    for split in old:
+        assert [t.dtype for t in new[split]] == [torch.int64] * 3
+        assert all(torch.equal(a, b) for a, b in zip(new[split], old[split], strict=True))
+
+
+class FakeHub:
+    """Hugging Face `datasets` with SST-2 in its cache: records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def load_dataset(self, *args):
+        self.calls.append(args)
+        return {"train": {"sentence": ["a fine film ", "dull ", "fine "], "label": [1, 0, 1]},
+                "validation": {"sentence": ["great "], "label": [1]}}
+
+
+def test_paper_data_come_from_the_hub_when_datasets_has_them(sst2, monkeypatch):
+    hub = FakeHub()
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    cfg = paper_cfg(sst2, "distilbert_train_all", f"data_dir={sst2 / 'elsewhere'}")
+    data = T.TextTransfer(cfg)._data(cfg)
+    assert hub.calls == [("nyu-mll/glue", "sst2")] and not (sst2 / "elsewhere").exists()
+    assert data["train"][2].tolist() == [1, 0, 1] and data["test"][0].shape == (1, 64)
+    expected = T.tokenize(FakeTokenizer(), ["a fine film ", "dull ", "fine "], 64)
+    assert torch.equal(data["train"][0], expected[0]) and torch.equal(data["train"][1], expected[1])
 
 
 def test_paper_task_trains_one_step(sst2):

@@ -44,7 +44,7 @@ except ImportError as error:
                       "pip install 'multirate[huggingface]'") from error
 
 from multirate import Multirate, MultirateAdamW, partition
-from multirate.integrations._pruning import GradientPruning, require_graph
+from multirate.step import GradientPruning, require_graph
 
 BASES = ("sgd", "adamw")
 

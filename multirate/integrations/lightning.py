@@ -48,7 +48,7 @@ except ImportError as error:
     raise ImportError(f"multirate.integrations.lightning needs lightning ({error}); "
                       "pip install 'multirate[lightning]'") from error
 
-from multirate.integrations._pruning import GradientPruning, require_graph
+from multirate.step import GradientPruning, require_graph
 
 
 class MultirateModule:
