@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import socket
@@ -71,6 +72,13 @@ def atomic_open(path: str | Path, mode: str = "w"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | Path, obj, **dumps) -> None:
+    """`obj` as indented JSON at `path`, written atomically (`atomic_open`): a reader never sees
+    half a file. `dumps`: extra ``json.dumps`` arguments (``default=str``)."""
+    with atomic_open(path) as f:
+        f.write(json.dumps(obj, indent=1, **dumps) + "\n")
 
 
 def remove_stale_tmp(folder: Path, now: float | None = None) -> list[Path]:

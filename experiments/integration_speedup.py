@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 import warnings
@@ -30,7 +29,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from experiments.files import atomic_open
+from experiments.files import write_json
 from multirate import Multirate, TrainStep, partition
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
@@ -222,8 +221,7 @@ def main(argv=None) -> dict:
     print(f"speed-up in the framework {result['framework_speedup']:.2f}x, "
           f"in the TrainStep loop {result['trainstep_speedup']:.2f}x")
     if s.json:
-        with atomic_open(s.json) as f:  # a reader never sees half a file
-            f.write(json.dumps(result, indent=1) + "\n")
+        write_json(s.json, result)
     return result
 
 

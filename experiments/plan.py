@@ -55,7 +55,6 @@ import argparse
 import contextlib
 import functools
 import inspect
-import json
 import math
 import os
 import platform
@@ -77,6 +76,7 @@ from experiments.config import (
     load_config,
     run_selection,
 )
+from experiments.files import write_json
 
 PLANNED = ("transfer", "transfer_text", "patch", "regularization_lm", "regularization_mlp")
 DEFAULT_STEPS = 3
@@ -575,8 +575,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    argv=argv if argv is not None else sys.argv[1:], hours_total=total, plans=plans,
                    cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                    omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+        write_json(args.json, out, default=str)
     return plans
 
 

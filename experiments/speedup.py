@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -61,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.files import atomic_open
+from experiments.files import write_json
 from multirate import Multirate, TrainStep, partition
 
 MODELS = ("resnet34", "resnet50", "distilbert")
@@ -368,8 +367,7 @@ def main(argv=None) -> dict:
         result = benchmark(s)
         print(report(result))
     if s.json:
-        with atomic_open(s.json) as f:  # a reader never sees half a file
-            f.write(json.dumps(result, indent=1) + "\n")
+        write_json(s.json, result)
     return result
 
 
