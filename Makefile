@@ -46,8 +46,11 @@ ifeq ($(PROFILE),paper)
 	for model in resnet50 resnet34; do $(PY) -m experiments.transfer --profile paper --seeds $(SEEDS) model=$$model || exit 1; done
 	$(PY) -m experiments.transfer_text --profile paper --seeds $(SEEDS)
 else
-	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) & a=$$!; \
-	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS); b=$$?; \
+# Two 1-thread processes with about equal work: the ResNet pretraining and its three costliest
+# methods; DistilBERT, then the other three ResNet methods (from the first process's cache).
+	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) --method train_all,multirate,layer2+3+4+fc & a=$$!; \
+	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS) && \
+	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) --method layer3+4+fc,layer4+fc,fc; b=$$?; \
 	wait $$a && test $$b -eq 0
 endif
 	$(PY) -m figures.transfer --profile $(PROFILE)

@@ -130,12 +130,14 @@ def load(path: Path) -> dict:
 
 
 def capture(cfg: RunConfig, model, optimizer, scheduler, data_gen: torch.Generator, aug_gen: torch.Generator,
-            prog: Progress, log) -> dict:
+            prog: Progress, log, scaler=None) -> dict:
     """Everything `runner.run` needs to continue a run: weights, optimizer and scheduler state, the
-    run's two generators and the global RNGs, the progress counters and what `log` has logged."""
+    fp16 loss scaler's state (its scale and growth counter decide which steps it skips), the run's
+    two generators and the global RNGs, the progress counters and what `log` has logged."""
     return dict(
         model=model.state_dict(), optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict() if scheduler is not None else None,
+        scaler=scaler.state_dict() if scaler is not None else None,
         data_gen=data_gen.get_state(), aug_gen=aug_gen.get_state(), rng=rng_states(),
         progress={**dataclasses.asdict(prog), "loss_sum": prog.loss_sum.cpu()},
         rows=log.rows, started=log.started, wandb_id=log.wandb_id, config=dataclasses.asdict(cfg),
@@ -143,12 +145,14 @@ def capture(cfg: RunConfig, model, optimizer, scheduler, data_gen: torch.Generat
 
 
 def restore(state: dict, model, optimizer, scheduler, data_gen: torch.Generator, aug_gen: torch.Generator,
-            device: torch.device) -> Progress:
+            device: torch.device, scaler=None) -> Progress:
     """Put a `capture`d state back; returns the run's Progress (the log's part is `state["rows"]` etc.)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):  # none in a checkpoint from before fp16 was kept
+        scaler.load_state_dict(state["scaler"])
     data_gen.set_state(state["data_gen"])
     aug_gen.set_state(state["aug_gen"])
     set_rng_states(state["rng"])

@@ -115,6 +115,20 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
+def waiting_lock(path: str | Path):
+    """Hold an exclusive lock on `path` (created if needed) for the `with` block, waiting for it
+    if another process holds it. Like `run_lock`'s, the file is left in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def run_lock(path: str | Path, what: str):
     """Hold an exclusive lock on `path` (created if needed) for the `with` block, or raise
     LockedError at once if another process holds it. `what` names the locked thing in the message.

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from experiments.files import atomic_open
+from experiments.files import atomic_open, waiting_lock
 
 SCHEDULE_EVERY = ("epoch", "step")
 
@@ -78,13 +78,19 @@ def cache_path(run_dir: str | Path, spec: dict, prefix: str = "", digits: int = 
 
 
 def cached(path: Path, pretrain: Callable[[], dict]) -> dict:
-    """The dict saved at `path`; if there is none, `pretrain()`'s, saved there first (atomically)."""
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    result = pretrain()
-    with atomic_open(path, "wb") as f:
-        torch.save(result, f)
-    return result
+    """The dict saved at `path`; if there is none, `pretrain()`'s, saved there first (atomically).
+
+    Pretraining holds a lock beside the file, so processes that need the same network at once
+    (`make fig-transfer`'s two, a Slurm array's tasks) pretrain it once: the others wait, then read it.
+    """
+    if not path.exists():
+        with waiting_lock(path.with_name(path.name + ".lock")):
+            if not path.exists():  # not written while this process waited
+                result = pretrain()
+                with atomic_open(path, "wb") as f:
+                    torch.save(result, f)
+                return result
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def share_caches(run_dir: str | Path, results_dir: str | Path) -> list[Path]:

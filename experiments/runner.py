@@ -235,7 +235,8 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
         accel.prepare_model(model, cfg, device)  # channels_last, torch.compile: per cfg
         optimizer = build_optimizer(cfg, model)
         scheduler = build_scheduler(cfg, optimizer)
-        train_step = accel.make_train_step(model, optimizer, accel.grad_scaler(cfg, device),
+        scaler = accel.grad_scaler(cfg, device)  # fp16 only, else None
+        train_step = accel.make_train_step(model, optimizer, scaler,
                                            reduce_grads=AllReduceGrads() if world_size > 1 else None)
         cleanup.callback(train_step.remove)
         model.train()
@@ -250,7 +251,7 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
         log = RunLog(cfg)
         if cfg.checkpoint and ckpt_file.exists():
             state = checkpoint.load(ckpt_file)
-            prog = checkpoint.restore(state, model, optimizer, scheduler, data_gen, aug_gen, device)
+            prog = checkpoint.restore(state, model, optimizer, scheduler, data_gen, aug_gen, device, scaler)
             log = RunLog(cfg, rows=state["rows"], started=state["started"], wandb_id=state["wandb_id"])
         if world_size > 1:
             broadcast_module(model)  # equal already (same seed or checkpoint); this makes sure
@@ -322,7 +323,8 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
 
             # Checkpoint after every epoch and before stopping (rank 0: the others hold the same state)
             if cfg.checkpoint and rank == 0:
-                state = checkpoint.capture(cfg, model, optimizer, scheduler, data_gen, aug_gen, prog, log)
+                state = checkpoint.capture(cfg, model, optimizer, scheduler, data_gen, aug_gen, prog, log,
+                                           scaler)
                 checkpoint.save(ckpt_file, state)
             if stop is not None:
                 if stop == "preempted":

@@ -1,5 +1,6 @@
 """Multirate SGD: parameters trained on a fast and a slow time scale (Vlaar & Leimkuhler, ICML 2022)."""
 
+import functools
 from collections import defaultdict
 from contextlib import contextmanager
 from fractions import Fraction
@@ -349,7 +350,7 @@ class Multirate(Optimizer):
             bits = mask.view(torch.uint8)
             slow, fast, decay, _ = cache["buffers"]
             slow.copy_(bits)  # 0/1 bytes into floats: a conversion, cheaper than a comparison into floats
-            fast.copy_(torch.bitwise_xor(bits, 1))
+            torch.sub(1, slow, out=fast)  # exact: 1 - 0 and 1 - 1
             torch.add(slow, fast, alpha=momentum, out=decay)
             cache.update(mask=mask, momentum=momentum)
         return cache["buffers"][:3]
@@ -401,11 +402,7 @@ def bernoulli(n, fraction, generator, *, device) -> Tensor:
     byte decides all but 1/256 of the entries; only the ties draw further bytes. Random bytes are
     several times cheaper than random floats.
     """
-    digits, rest = [], Fraction(fraction)
-    while rest:
-        rest *= 256
-        digits.append(int(rest))
-        rest -= int(rest)
+    digits = _base256_digits(fraction)
     words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
     u = words.random_(-2**63, None, generator=generator).view(torch.uint8)
     # uint8 0/1 rather than bool: comparisons into uint8 are several times faster on CPU.
@@ -428,6 +425,18 @@ def bernoulli(n, fraction, generator, *, device) -> Tensor:
         out[ties[u < digit]] = 1
         ties = ties[u == digit]
     return out.view(torch.bool)  # entries tied on every digit have U >= fraction: False
+
+
+@functools.lru_cache(maxsize=64)
+def _base256_digits(fraction: float) -> tuple[int, ...]:
+    """The digits of ``fraction`` in base 256 (finite for a float), once per fraction: exact
+    rational arithmetic costs more than the comparisons it sets up."""
+    digits, rest = [], Fraction(fraction)
+    while rest:
+        rest *= 256
+        digits.append(int(rest))
+        rest -= int(rest)
+    return tuple(digits)
 
 
 def consume(params, grads, momentum_buffer_list, *, momentum, weight_decay, keep_buffers, foreach,

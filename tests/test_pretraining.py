@@ -1,5 +1,8 @@
 """experiments.pretraining: the shared pretraining loop and the cache of pretrained networks."""
 
+import multiprocessing
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,6 +78,29 @@ def test_cached_pretrains_once(tmp_path):
     second = pretraining.cached(path, pretrain)
     assert calls == [1] and path.exists() and second["accuracy"] == 50.0
     assert torch.equal(first["state_dict"]["w"], second["state_dict"]["w"])
+
+
+def _slow_pretrain_in_a_child(path, log):
+    def pretrain():
+        with open(log, "a") as f:
+            f.write("pretrained\n")
+        time.sleep(1.0)  # the other process asks for the cache meanwhile
+        return {"state_dict": {"w": torch.arange(3.0)}}
+
+    pretraining.cached(path, pretrain)
+
+
+def test_processes_that_need_the_same_network_at_once_pretrain_it_once(tmp_path):
+    path, log = tmp_path / "pretrained" / "x.pt", tmp_path / "log.txt"
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_slow_pretrain_in_a_child, args=(path, log)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert log.read_text() == "pretrained\n"  # once: the second waited for the first's file
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.arange(3.0))
 
 
 def test_share_caches_copies_only_what_is_missing_for_the_same_profile_and_experiment(tmp_path):

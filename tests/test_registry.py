@@ -73,8 +73,8 @@ def _make_targets() -> dict[str, str]:
             targets[current] = ""
         elif line.startswith("\t") and current:
             targets[current] += line + "\n"
-        elif not line.strip() or re.match(r"^(ifeq|ifneq|ifdef|ifndef|else|endif)\b", line):
-            continue  # conditionals inside a recipe
+        elif not line.strip() or re.match(r"^(#|ifeq|ifneq|ifdef|ifndef|else|endif\b)", line):
+            continue  # conditionals and make comments inside a recipe
         else:
             current = None
     return targets
@@ -89,6 +89,22 @@ def test_makefile_target_runs_what_the_registry_says(name):
     modules = set(re.findall(r"-m (experiments\.\w+)", targets[target]))
     assert modules == {p.module for p in registry.EXPERIMENTS[name].parts}
     assert set(re.findall(r"-m (figures\.\w+)", targets[target])) == {registry.EXPERIMENTS[name].figure}
+
+
+def test_makefile_method_lists_name_real_methods_and_fig_transfer_runs_them_all():
+    """A `--method` list in a recipe names methods of that module's TOML; fig-transfer's two
+    processes, which share the ResNet methods out, run every one of them between them."""
+    import importlib
+
+    shared = {}
+    for target, recipe in _make_targets().items():
+        for module, names in re.findall(r"-m (experiments\.\w+) [^;&|\n]*?--method ([^\s;]+)", recipe):
+            known = list_methods(importlib.import_module(module).TOML)
+            assert set(names.split(",")) <= set(known), f"make {target}: {names} not all in {known}"
+            if target == "fig-transfer":
+                shared.setdefault(module, []).extend(names.split(","))
+    resnet = shared["experiments.transfer"]
+    assert sorted(resnet) == sorted(list_methods(importlib.import_module("experiments.transfer").TOML))
 
 
 def test_command_line_lists_prints_and_checks(capsys):

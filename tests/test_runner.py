@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from experiments import accel
 from experiments.config import RunConfig
 from experiments.runner import checkpoint_path, main, run
 from tests.helpers import MULTIRATE, Blobs, make_cfg
@@ -82,6 +83,23 @@ def test_resume_is_bit_for_bit(tmp_path, opt, stop):
         assert torch.equal(got[name], expected[name]), name
     without_time = [{k: v for k, v in r.items() if k != "time_s"} for r in straight["rows"]]
     assert [{k: v for k, v in r.items() if k != "time_s"} for r in resumed["rows"]] == without_time
+
+
+def test_fp16_resume_keeps_the_loss_scale(tmp_path, monkeypatch):
+    # The scaler skips a step whose scaled gradients overflow and halves its scale. Started at 2^24,
+    # the fp16 gradients overflow for the first steps; a resume that began again from 2^24 would skip
+    # other steps than the uninterrupted run.
+    monkeypatch.setattr(accel, "grad_scaler",
+                        lambda cfg, device: torch.amp.GradScaler("cpu", init_scale=2.0**24))
+    opt = dict(MULTIRATE, amp="fp16")
+    straight = run(make_cfg(tmp_path / "a", **opt), Blobs())
+    cfg = make_cfg(tmp_path / "b", **opt)
+    assert run(cfg, Blobs(), stop_at_step=11)["status"] == "interrupted"
+    assert torch.load(checkpoint_path(cfg), weights_only=True)["scaler"]["scale"] < 2.0**24  # it moved
+    resumed = run(cfg, Blobs())
+    expected, got = straight["model"].state_dict(), resumed["model"].state_dict()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
 
 
 def test_completed_run_is_skipped_unless_rerun(tmp_path):

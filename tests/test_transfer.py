@@ -131,6 +131,20 @@ def test_pretrained_weights_are_cached_once_and_reused(tmp_path, monkeypatch):
     assert transfer.pretrained_path(quick_cfg(tmp_path, "train_all", "pretrain_lr=0.2")) != path
 
 
+def test_pretraining_prints_a_line_per_epoch_then_where_it_cached(tmp_path, capsys):
+    # Slurm .out files show the one-off pretraining moving: a line per epoch, then the cache path.
+    cfg = quick_cfg(tmp_path, "train_all", "pretrain_epochs=3")  # 64 images of batch 32: 2 steps an epoch
+    transfer.pretrained_state(cfg, torch.device("cpu"))
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines[:-1]] == [
+        f"pretraining small_resnet: epoch {epoch}/3" for epoch in (1, 2, 3)]
+    assert all(" loss " in line and line.endswith(" s") for line in lines[:-1])
+    assert lines[-1].startswith("pretrained small_resnet on the generated source task: ")
+    assert lines[-1].endswith(f"cached at {transfer.pretrained_path(cfg)}")
+    transfer.pretrained_state(cfg, torch.device("cpu"))  # from the cache: silent
+    assert capsys.readouterr().err == ""
+
+
 def test_scratch_does_not_pretrain(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "_pretrain", lambda *a: pytest.fail("pretrained"))
     cfg = quick_cfg(tmp_path, "train_all", "pretrained=false")
