@@ -117,6 +117,17 @@ def legend(ax, **kw) -> None:
     ax.legend(**{"loc": "best", **kw})
 
 
+def legend_below_curves(ax) -> None:
+    """The legend in an empty strip added under the curves: for panels whose curves pass through
+    every corner, where "best" would still cover one."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    strip = min(0.6, 0.052 * entries + 0.05)  # the legend's height, as a fraction of the axes
+    low, high = ax.get_ylim()
+    below = low - strip / (1 - strip) * (high - low)
+    ax.set_ylim(max(below, 0.0) if low >= 0 else below, high)  # no accuracy axis below 0 %
+    ax.legend(loc="lower right")
+
+
 def seeds_note(seeds: Iterable[int]) -> str:
     """"mean ± sd, n = 3 seeds" from the number of seeds of each curve or point ("n = 1–3" if they differ)."""
     counts = sorted(set(int(n) for n in seeds))

@@ -72,7 +72,7 @@ def plot(acc: pd.DataFrame, summary: pd.DataFrame, profile: str = "quick"):
         if len(levels) == 1:
             style.chance(top, levels.pop())
         top.set(title=title(model, set(rows.dataset)), xlabel="epoch", ylabel="test accuracy (%)")
-        style.legend(top)  # "best": where it hides the fewest points of the curves
+        style.legend_below_curves(top)  # curves that start low and end high leave no free corner
         for method in methods:  # the legend, not annotations, names the points: they never overlap
             r = summary[(summary.model == model) & (summary.method == method)].iloc[0]
             bottom.errorbar(r.time_s, r.accuracy, xerr=r.time_s_sd, yerr=r.accuracy_sd, color=colours[method],

@@ -80,6 +80,26 @@ def test_transfer_figure_reads_like_the_papers(tmp_path):
     assert not [line for line in resnet_top.get_lines() if line.get_label().startswith("chance")]
 
 
+def test_the_epoch_panels_legend_covers_no_curve(tmp_path):
+    # Curves that start low and end high through every corner, as the cpu ResNet panel's do: the
+    # legend goes into a strip below them, and the accuracy axis does not go below 0 %.
+    ends = {"train_all": (92, 99), "multirate": (85, 99), "layer2+3+4+fc": (90, 99),
+            "layer3+4+fc": (68, 95), "layer4+fc": (66, 82), "fc": (64, 71)}  # the cpu panel's, 30 epochs
+    for seed in (0, 1, 2):
+        for method, (first, last) in ends.items():
+            log_run(tmp_path, "small_resnet", method, seed,
+                    [first + (last - first) * e / 29 + seed for e in range(30)], 5.0)
+    acc = transfer.load(tmp_path / "quick" / "transfer")
+    fig = transfer.plot(acc, transfer.summarise(acc), "quick")
+    fig.canvas.draw()
+    top = fig.axes[0]
+    box = top.get_legend().get_window_extent()
+    for line in top.get_lines():
+        points = top.transData.transform(line.get_xydata())
+        assert not any(box.contains(x, y) for x, y in points), line.get_label()
+    assert top.get_ylim()[0] >= 0
+
+
 @dataclass
 class TextLikeConfig(RunConfig):
     model: str = "distilbert"
