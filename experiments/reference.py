@@ -37,6 +37,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from experiments.errors import UserError
 from experiments.files import atomic_open
 
 FOLDER = Path(__file__).with_name("reference")
@@ -148,6 +149,19 @@ def _selected(row: dict, experiments: list[str] | None) -> bool:
     return not experiments or any(name == e or name.startswith(e + "/") for e in experiments)
 
 
+def folders(names: list[str]) -> list[str]:
+    """Results folders for `--experiment`: a figure's name (`python -m experiments.registry
+    --names`) stands for the folders its runs write, ``regularization`` for ``regularization_lm``
+    and ``regularization_mlp``; any other name is a folder itself."""
+    from experiments import registry
+
+    out = []
+    for name in names:
+        entry = registry.EXPERIMENTS.get(name)
+        out += sorted({part.results_folder for part in entry.parts}) if entry else [name]
+    return out
+
+
 def compare(reference: list[dict], results: list[dict], experiments: list[str] | None = None
             ) -> tuple[list[str], list[str]]:
     """(problems, notes): mismatches and missing rows; results that have no reference row."""
@@ -178,6 +192,11 @@ def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
     if not reference:
         print(f"{file or path(profile)}: no reference rows; run `python -m experiments.reference update`")
         return 1
+    known = sorted({r["experiment"].partition("/")[0] for r in reference})
+    empty = [e for e in experiments or [] if not any(_selected(r, [e]) for r in reference)]
+    if empty:
+        raise UserError(f"--experiment {','.join(empty)}: no such results folder in {file or path(profile)}; "
+                        f"known: {', '.join(known)} (or a figure's name, e.g. regularization)")
     problems, notes = compare(reference, collect(results_dir, profile), experiments)
     for line in notes:
         print(line)
@@ -240,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="update: keep the reference rows of runs that are not under the results folder")
     parser.add_argument("--check", action="store_true", help="readme: fail if the README is not up to date")
     args = parser.parse_args(argv)
-    experiments = [e.strip() for e in args.experiment.split(",")] if args.experiment else None
+    experiments = folders([e.strip() for e in args.experiment.split(",")]) if args.experiment else None
     if args.command == "check":
         return check(args.profile, args.results_dir or "results", experiments)
     if args.command == "update":

@@ -105,6 +105,17 @@ def test_compare_reports_missing_and_new_runs_and_selects_experiments():
     assert reference.compare([ablation], [], ["transfer"]) == ([], [])  # what make fig-transfer writes
 
 
+def test_experiment_names_a_figure_or_a_folder_and_an_unknown_one_is_an_error(tmp_path, monkeypatch):
+    assert reference.folders(["regularization", "transfer", "ablations/k"]) == [
+        "regularization_lm", "regularization_mlp", "transfer", "ablations/k"]
+    file = tmp_path / "ref.csv"
+    reference.write(file, [_ref(1.0)])
+    # A name that selects nothing must not pass as "0 of 0 values equal".
+    message = r"--experiment regularization_lm: no such .*known: transfer"
+    with pytest.raises(reference.UserError, match=message):
+        reference.check("quick", tmp_path, ["regularization_lm"], file)
+
+
 def test_collect_reads_complete_runs_and_update_check_round_trip(tmp_path):
     from experiments.runlog import write_csv
 
