@@ -115,31 +115,34 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def waiting_lock(path: str | Path):
-    """Hold an exclusive lock on `path` (created if needed) for the `with` block, waiting for it
-    if another process holds it. Like `run_lock`'s, the file is left in place."""
-    path = Path(path)
+def _lock_file(path: Path):
+    """The descriptor of lock file `path` (created, with its folder, if needed), closed after the
+    block: closing it releases any lock taken on it. The file itself is left in place: deleting a
+    lock file while another process waits on it would let two processes hold "the" lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
 
 @contextlib.contextmanager
-def run_lock(path: str | Path, what: str):
-    """Hold an exclusive lock on `path` (created if needed) for the `with` block, or raise
-    LockedError at once if another process holds it. `what` names the locked thing in the message.
+def waiting_lock(path: str | Path):
+    """Hold an exclusive lock on `path` for the `with` block, waiting for it if another process
+    holds it."""
+    with _lock_file(Path(path)) as fd:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
 
-    The file keeps its holder's host and pid (for the message) and is left in place: deleting a
-    lock file while another process waits on it would let two processes hold "the" lock.
-    """
+
+@contextlib.contextmanager
+def run_lock(path: str | Path, what: str):
+    """Hold an exclusive lock on `path` for the `with` block, or raise LockedError at once if
+    another process holds it. `what` names the locked thing in the message; the file keeps its
+    holder's host and pid (for the message)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with _lock_file(path) as fd:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -151,5 +154,3 @@ def run_lock(path: str | Path, what: str):
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {HOST}\n".encode(), 0)
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
