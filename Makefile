@@ -61,10 +61,11 @@ fig-patch: setup  ## patch-augmented data (WRN-16: small h, large h, multirate) 
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.patch --profile $(PROFILE)
 
-patch-partitions: setup  ## patch task: every candidate fast part (biases, weights, random half, BN); PROFILE=cpu
+patch-partitions: setup  ## patch task: every candidate fast part (biases, weights, random half, BN) and its figure; PROFILE=cpu
 	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method multirate_biases,multirate_random_half & a=$$!; \
 	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method multirate_weights,multirate_bn; b=$$?; \
 	wait $$a && test $$b -eq 0
+	$(PY) -m figures.patch --profile $(PROFILE)
 
 fig-regularization: setup  ## random subgroups vs SGD and dropout (transformer LM, perceptron) and its figure
 	$(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) & lm=$$!; \

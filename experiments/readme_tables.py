@@ -112,10 +112,16 @@ def transfer_table(runs: Runs, part: str) -> str:
 def patch_table(runs: Runs, names: dict[str, str] = PATCH_NAMES) -> str:
     methods = [m for m in names if m in runs.methods("patch")]
     metrics = ("clean_accuracy", "patched_accuracy", "patch_only_accuracy")
+    if not methods:
+        return "not run\n"
     rows = [[names[m], *(mean_sd(runs.values("patch", m, x), 1) for x in metrics)] for m in methods]
-    seeds = _seeds(runs, "patch", methods[0], metrics[0]) if methods else 0
-    return markdown([f"method (final accuracy %, mean ± sd, {seeds} seeds)", "clean", "with patch",
-                     "patch only"], rows) if rows else "not run\n"
+    seeds = [_seeds(runs, "patch", m, metrics[0]) for m in methods]
+    header = ["clean", "with patch", "patch only"]
+    if len(set(seeds)) == 1:
+        return markdown([f"method (final accuracy %, mean ± sd, {seeds[0]} seeds)", *header], rows)
+    # Some methods still running: say how many seeds each row holds.
+    return markdown(["method (final accuracy %, mean ± sd)", "seeds", *header],
+                    [[row[0], str(n), *row[1:]] for row, n in zip(rows, seeds)])
 
 
 def regularization_table(runs: Runs) -> str:

@@ -3,7 +3,9 @@ seeds), one panel each, as in the paper's Figure 2, from the CSVs under results/
 
     python -m figures.patch [--profile quick|cpu|paper] [--results-dir results]
 
-Writes results/<profile>/figures/patch.{png,pdf}, and patch.csv: the final accuracies per method and
+Writes results/<profile>/figures/patch.{png,pdf} (the paper's methods and multirate with the other
+half fast), patch-partitions.{png,pdf} when other fast parts have run (`make patch-partitions`:
+each beside the two constant step sizes), and patch.csv: the final accuracies of every method per
 seed and their mean and sd over seeds (seed "mean" and "sd" rows), which it also prints.
 """
 
@@ -18,27 +20,37 @@ from figures.style import plt
 PANELS = {"clean_accuracy": "clean test images", "patched_accuracy": "test images with patch",
           "patch_only_accuracy": "patch-only images"}
 ORDER = ("small_lr", "large_lr", "multirate")  # the paper's three; other methods follow, sorted
+FIGURE = (*ORDER, "multirate_early")  # patch.png; any other method is a fast part of patch-partitions.png
+LEGEND_ROW = 5  # legend entries that fit in one row under the panels
 CHANCE = 10.0  # %: ten classes (CIFAR-10, and the generated task)
 
 
 def load(folder: Path) -> pd.DataFrame:
-    """The accuracy rows of every complete run, with the run's step size h (lr) and dataset."""
+    """The accuracy rows of every complete run, with the run's step size h (lr, and lr_batch and
+    batch_size, which scale it) and dataset."""
     rows = read_results(folder, only_complete=True)
     if rows.empty:
         raise SystemExit(no_complete_runs(folder))
     runs = read_runs(folder)
-    for column, default in (("lr", float("nan")), ("dataset", "")):
+    columns = {"lr": float("nan"), "lr_batch": 0, "batch_size": 0, "dataset": ""}
+    for column, default in columns.items():
         if column not in runs:
             runs[column] = default
-    return rows[rows.metric.isin(list(PANELS))].merge(runs[["run", "lr", "dataset"]], on="run")
+    return rows[rows.metric.isin(list(PANELS))].merge(runs[["run", *columns]], on="run")
 
 
 def label(method: str, rows: pd.DataFrame) -> str:
-    """The paper's legend: a constant step size as "h = 0.004" (the runs' lr), else the method's name."""
-    lrs = rows[rows.method == method].lr.dropna().unique()
-    if not style.is_multirate(method) and len(lrs) == 1:
-        return f"h = {lrs[0]:g}"
-    return style.name(method)
+    """The paper's legend: a constant step size as "h = 0.004" (the runs' lr), else the method's name.
+    An lr given for another batch size (lr_batch) also shows the step it takes: "h = 0.004 (0.001 at
+    batch 8)"."""
+    steps = rows[rows.method == method][["lr", "lr_batch", "batch_size"]].dropna(subset=["lr"])
+    steps = steps.drop_duplicates()
+    if style.is_multirate(method) or len(steps) != 1:
+        return style.name(method)
+    lr, lr_batch, batch = steps.iloc[0]
+    if lr_batch and lr_batch != batch:
+        return f"h = {lr:g} ({lr * batch / lr_batch:g} at batch {batch:g})"
+    return f"h = {lr:g}"
 
 
 def final_table(acc: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +66,7 @@ def final_table(acc: pd.DataFrame) -> pd.DataFrame:
             .sort_values(["method", "seed"]).reset_index(drop=True)[["method", "seed", *PANELS]])
 
 
-def plot(acc: pd.DataFrame, profile: str = "quick"):
+def plot(acc: pd.DataFrame, profile: str = "quick", subject: str = "patch-augmented"):
     methods = style.ordered(acc.method.unique(), ORDER)
     colours = style.palette(methods, style.PATCH_COLOURS)
     labels = {m: label(m, acc) for m in methods}
@@ -63,11 +75,16 @@ def plot(acc: pd.DataFrame, profile: str = "quick"):
         style.mean_sd(ax, acc[acc.metric == metric], methods, colours, labels)
         style.chance(ax, CHANCE)
         ax.set(title=title, xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
-        style.legend(ax)  # "best": where it hides the fewest points (the curves differ per panel)
+    # One legend under the panels: the curves fill every corner of some panel, and the panels share it.
+    handles, names = axes[0].get_legend_handles_labels()
+    rows = -(-len(names) // LEGEND_ROW)
+    fig.legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 0.045), frameon=False,
+               ncol=-(-len(names) // rows))  # filled column by column: the constant steps stack
     seeds = acc.groupby("method").seed.nunique()
-    fig.suptitle(f"WideResNet-16, patch-augmented {style.data_name(sorted(set(acc.dataset))[0])}"
-                 if acc.dataset.nunique() == 1 else "WideResNet-16, patch-augmented data")
-    style.finish(fig, f"{style.seeds_note(seeds)} · {style.data_note(acc.dataset, profile)}")
+    fig.suptitle(f"WideResNet-16, {subject} {style.data_name(sorted(set(acc.dataset))[0])}"
+                 if acc.dataset.nunique() == 1 else f"WideResNet-16, {subject} data")
+    style.finish(fig, f"{style.seeds_note(seeds)} · {style.data_note(acc.dataset, profile)}",
+                 legend_rows=rows)
     return fig
 
 
@@ -76,7 +93,13 @@ def main(argv=None):
     acc = load(root / "patch")
     table = final_table(acc)
     print(table.to_string(index=False, float_format="%.2f"))
-    save(plot(acc, root.name), table, root, "patch")
+    paper = acc[acc.method.isin(FIGURE)]
+    if not paper.empty:
+        save(plot(paper, root.name), table, root, "patch")
+    if not acc.method.isin(FIGURE).all():  # other fast parts, beside the two constant step sizes
+        parts = acc[~acc.method.isin(FIGURE) | acc.method.isin(("small_lr", "large_lr"))]
+        save(plot(parts, root.name, "fast parts on patch-augmented"), None if not paper.empty else table,
+             root, "patch-partitions")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ NAMES = {
     "distilbert_head_only": "Train Layer fc",
     "sgd": "SGD", "dropout": "SGD + dropout",
     "small_lr": "h = 0.004", "large_lr": "h = 0.1", "multirate_early": "Multirate, fast: shallow half",
+    "multirate_biases": "Multirate, fast: biases", "multirate_weights": "Multirate, fast: weights",
+    "multirate_random_half": "Multirate, fast: a random half of each tensor",
+    "multirate_bn": "Multirate, fast: batch norm",
 }
 # The paper's colours: multirate blue in the transfer figure, green in the patch figure.
 COLOURS = {
@@ -45,7 +48,8 @@ COLOURS = {
     "sgd": "#e08a00", "dropout": "#7f7f7f",
 }
 PATCH_COLOURS = {"small_lr": "#1f3fdf", "large_lr": "#f0a000", "multirate": "#1e8c1e",
-                 "multirate_early": "#8c564b"}
+                 "multirate_early": "#8c564b", "multirate_biases": "#17becf", "multirate_weights": "#9467bd",
+                 "multirate_random_half": "#e377c2", "multirate_bn": "#7f7f7f"}
 DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "sst2": "SST-2", "ptb": "Penn Treebank",
             "mnist": "MNIST"}
 BAND_ALPHA = 0.18
@@ -148,7 +152,8 @@ def data_note(datasets: Iterable[str], profile: str) -> str:
     return f"{profile} profile: " + ", ".join(names)
 
 
-def finish(fig, note: str) -> None:
-    """Lay the figure out with `note` in small grey type along its bottom edge."""
+def finish(fig, note: str, legend_rows: int = 0) -> None:
+    """Lay the figure out with `note` in small grey type along its bottom edge (above it, room for
+    a figure legend of `legend_rows` rows)."""
     fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=8, color="0.3")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 + 0.045 * legend_rows + (0.01 if legend_rows else 0), 1, 1))

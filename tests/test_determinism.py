@@ -188,6 +188,18 @@ def test_a_cpu_block_renders_from_the_cpu_reference():
         readme_tables.render("<!-- reference:nope-cpu -->\n<!-- /reference -->", cpu, {"cpu": cpu})
 
 
+def test_a_patch_table_with_unequal_seeds_says_how_many_each_row_holds():
+    rows = [dict(experiment="patch", run=f"{m}-seed{seed}-x", method=m, seed=seed, metric=metric, value=v)
+            for m, seeds in (("small_lr", (0, 1)), ("multirate_bn", (0,)))
+            for seed in seeds for metric, v in (("clean_accuracy", 40.0 + seed), ("patched_accuracy", 90.0),
+                                                ("patch_only_accuracy", 97.5))]
+    table = readme_tables.BLOCKS["patch-partitions"](readme_tables.Runs(rows))
+    assert table.splitlines()[0] == ("| method (final accuracy %, mean ± sd) | seeds | clean | with patch "
+                                     "| patch only |")
+    assert "| small h (0.004) | 2 | 40.5 ± 0.7 | 90.0 ± 0.0 | 97.5 ± 0.0 |" in table
+    assert "| Multirate, batch-norm parameters fast | 1 | 40.0 | 90.0 | 97.5 |" in table
+
+
 def test_slice_commands_name_experiment_modules():
     commands = reference.slice_commands()
     assert {c[1] for c in commands} >= {

@@ -135,11 +135,44 @@ def test_patch_figure_labels_the_step_sizes_and_chance(tmp_path):
                                           "patch_only_accuracy": 30.0 + epoch})
         log.finish("complete")
     fig = patch.plot(patch.load(tmp_path / "quick" / "patch"), "quick")
-    for ax in fig.axes:
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-            "h = 0.004", "h = 0.1", "Multirate", "chance (10 %)"]
+    (legend,) = fig.legends  # one, under the three panels, which share it
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "h = 0.004", "h = 0.1", "Multirate", "chance (10 %)"]
+    assert all(ax.get_legend() is None for ax in fig.axes)
     assert fig.get_suptitle() == "WideResNet-16, patch-augmented generated data"
     assert any("n = 1 seed " in t and "generated data" in t for t in texts(fig))
+
+
+def test_patch_figure_gives_the_step_an_lr_for_another_batch_takes(tmp_path):
+    # The cpu profile's h = 0.004 is for a batch of 32 (lr_batch); at its batch of 8 the step is 0.001.
+    cfg = PatchLikeConfig(experiment="patch", results_dir=str(tmp_path), method="small_lr", lr=0.004,
+                          lr_batch=32, batch_size=8, wandb="disabled", epochs=1)
+    log = RunLog(cfg)
+    log.start("cpu")
+    log.log(1, 1, 1, {"clean_accuracy": 50.0, "patched_accuracy": 60.0, "patch_only_accuracy": 30.0})
+    log.finish("complete")
+    fig = patch.plot(patch.load(tmp_path / "quick" / "patch"), "quick")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "h = 0.004 (0.001 at batch 8)", "chance (10 %)"]
+
+
+def test_patch_partitions_get_their_own_figure_beside_the_constant_steps(tmp_path, monkeypatch):
+    for method, lr in (("small_lr", 0.004), ("large_lr", 0.1), ("multirate", 0.1), ("multirate_bn", 0.1)):
+        cfg = PatchLikeConfig(experiment="patch", results_dir=str(tmp_path), method=method, lr=lr,
+                              wandb="disabled", epochs=1)
+        log = RunLog(cfg)
+        log.start("cpu")
+        log.log(1, 1, 1, {"clean_accuracy": 50.0, "patched_accuracy": 60.0, "patch_only_accuracy": 30.0})
+        log.finish("complete")
+    saved = {}  # figure name -> (its legend, its table)
+    monkeypatch.setattr(patch, "save", lambda fig, table, root, name: saved.setdefault(
+        name, ([t.get_text() for t in fig.legends[0].get_texts()], table)))
+    patch.main(["--results-dir", str(tmp_path), "--profile", "quick"])
+    constant = ["h = 0.004", "h = 0.1"]
+    assert saved["patch"][0] == [*constant, "Multirate", "chance (10 %)"]
+    assert saved["patch-partitions"][0] == [*constant, "Multirate, fast: batch norm", "chance (10 %)"]
+    assert set(saved["patch"][1].method) == {"small_lr", "large_lr", "multirate", "multirate_bn"}  # csv: all
+    assert saved["patch-partitions"][1] is None
 
 
 @dataclass
