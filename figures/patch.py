@@ -48,7 +48,7 @@ def label(method: str, rows: pd.DataFrame) -> str:
     if style.is_multirate(method) or len(steps) != 1:
         return style.name(method)
     lr, lr_batch, batch = steps.iloc[0]
-    if lr_batch and lr_batch != batch:
+    if pd.notna(lr_batch) and lr_batch and lr_batch != batch:  # NaN: a run logged before lr_batch existed
         return f"h = {lr:g} ({lr * batch / lr_batch:g} at batch {batch:g})"
     return f"h = {lr:g}"
 
