@@ -9,6 +9,9 @@ PY := $(BIN)python
 INSTALLED := $(if $(VENV),$(VENV)/.installed,)# setup's stamp; none in the active environment
 PROFILE ?= quick# quick: offline, CPU, minutes; cpu: the paper's counts on generated data, ~1 h a figure; paper: real data, GPU
 SEEDS ?= 0,1,2
+# The patch runs of each figure, costliest first (two processes share them: the last run is short)
+PATCH_FIGURE := small_lr,large_lr,multirate_early,multirate
+PATCH_PARTITIONS := multirate_random_half,multirate_weights,multirate_bn,multirate_biases
 DEVICE ?= cpu# for `make speedup`: cpu or cuda
 SWEEP ?= experiments/sweeps/transfer_random.toml
 SLURM ?=# options for experiments.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08:00:00 --partition gpu --mem 32G"
@@ -46,31 +49,35 @@ ifeq ($(PROFILE),paper)
 	for model in resnet50 resnet34; do $(PY) -m experiments.transfer --profile paper --seeds $(SEEDS) model=$$model || exit 1; done
 	$(PY) -m experiments.transfer_text --profile paper --seeds $(SEEDS)
 else
-# Two 1-thread processes with about equal work: the ResNet pretraining and its three costliest
-# methods; DistilBERT, then the other three ResNet methods (from the first process's cache).
-	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) --method train_all,multirate,layer2+3+4+fc & a=$$!; \
-	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS) && \
-	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) --method layer3+4+fc,layer4+fc,fc; b=$$?; \
+# Two 1-thread processes share every run (--skip-running: each takes the next run nobody has
+# started): one pretrains the ResNet and starts on its runs, the other DistilBERT; whichever is
+# done first helps with the rest. A run's bits do not depend on which process trains it.
+	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) --skip-running && \
+	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS) --skip-running & a=$$!; \
+	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS) --skip-running && \
+	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) --skip-running; b=$$?; \
 	wait $$a && test $$b -eq 0
 endif
 	$(PY) -m figures.transfer --profile $(PROFILE)
 
 fig-patch: setup  ## patch-augmented data (WRN-16: small h, large h, multirate) and its figure; PROFILE, SEEDS
-	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method small_lr,multirate & a=$$!; \
-	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method large_lr,multirate_early; b=$$?; \
+	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_FIGURE) --skip-running & a=$$!; \
+	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_FIGURE) --skip-running; b=$$?; \
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.patch --profile $(PROFILE)
 
 patch-partitions: setup  ## patch task: every candidate fast part (biases, weights, random half, BN) and its figure; PROFILE=cpu
-	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method multirate_biases,multirate_random_half & a=$$!; \
-	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method multirate_weights,multirate_bn; b=$$?; \
+	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_PARTITIONS) --skip-running & a=$$!; \
+	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_PARTITIONS) --skip-running; b=$$?; \
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.patch --profile $(PROFILE)
 
 fig-regularization: setup  ## random subgroups vs SGD and dropout (transformer LM, perceptron) and its figure
-	$(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) & lm=$$!; \
-	$(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS); mlp=$$?; \
-	wait $$lm && test $$mlp -eq 0
+	$(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) --skip-running && \
+	$(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS) --skip-running & a=$$!; \
+	$(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS) --skip-running && \
+	$(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) --skip-running; b=$$?; \
+	wait $$a && test $$b -eq 0
 	$(PY) -m figures.regularization --profile $(PROFILE)
 
 fig-%: setup  ## any other registered experiment (experiments/registry.py): its runs, then its figure

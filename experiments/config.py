@@ -28,7 +28,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 PROFILES = ("quick", "cpu", "paper")  # cpu: the paper's counts on generated data, ~1 h per figure on 2 cores
 OPTIMIZERS = ("sgd", "multirate", "adamw", "multirate_adamw")  # multirate_*: the base algorithm
@@ -287,12 +287,18 @@ def list_methods(toml_path: str | Path) -> list[str]:
     return list(read_toml(toml_path).get("methods", {}))
 
 
-def parse_cli(argv: list[str] | None = None, config_cls: type[RunConfig] | None = None,
-              toml_path: str | Path | None = None
-              ) -> tuple[str, list[str] | None, list[int] | None, list[str]]:
-    """Parse `[--profile P] [--method a,b] [--seeds 0,1,2] [key=value ...]`.
+class CommandLine(NamedTuple):
+    """An experiment's command line: methods/seeds are None when not given."""
+    profile: str
+    methods: list[str] | None
+    seeds: list[int] | None
+    overrides: list[str]
+    skip_running: bool = False
 
-    Returns (profile, methods, seeds, overrides); methods/seeds are None when not given.
+
+def parse_cli(argv: list[str] | None = None, config_cls: type[RunConfig] | None = None,
+              toml_path: str | Path | None = None) -> CommandLine:
+    """Parse `[--profile P] [--method a,b] [--seeds 0,1,2] [--skip-running] [key=value ...]`.
     `--help` lists the methods of `toml_path` and every field of `config_cls` with its default
     (`cli_help`); without them, those of the ``__main__`` module when it is an experiment
     (``python -m experiments.X``: it defines TOML).
@@ -314,11 +320,14 @@ def parse_cli(argv: list[str] | None = None, config_cls: type[RunConfig] | None 
     parser.add_argument("--method", default=None, help="comma-separated method names (default: all)")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated integer seeds (default: the config's seed)")
+    parser.add_argument("--skip-running", action="store_true",
+                        help="leave a run that another process is training to it and go on to the next: "
+                             "processes given the same runs then share them out (make fig-transfer runs two)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="set a config key (listed below), e.g. lr=0.05 train=layer4,fc")
     args = parser.parse_intermixed_args(argv)
     methods, seeds = run_selection(parser, args)
-    return args.profile, methods, seeds, list(args.overrides)
+    return CommandLine(args.profile, methods, seeds, list(args.overrides), args.skip_running)
 
 
 def _run_as_module() -> bool:

@@ -239,9 +239,11 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    profile, methods, seeds, overrides = parse_cli(argv, ConvergenceConfig, TOML)
+    profile, methods, seeds, overrides, skip_running = parse_cli(argv, ConvergenceConfig, TOML)
     if methods:
         raise SystemExit("experiments.convergence: every method runs together; drop --method")
+    if skip_running:
+        raise SystemExit("experiments.convergence: one run, nothing to share; drop --skip-running")
     if seeds is not None:
         overrides = [*overrides, "seeds=" + ",".join(map(str, seeds))]
     cfg = load_config(ConvergenceConfig, TOML, profile, "all", overrides)

@@ -406,6 +406,8 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
     `task_factory(cfg)` makes the task (a Task subclass itself will do).
     Every config is loaded and its optimizer built on a stand-in model first, so an unknown key or
     an impossible value (by the optimizer's own checks) fails before any run starts.
+    With `--skip-running` a run that another process is training is left to it: processes started
+    with the same runs then share them out, each taking the next one that nobody has started.
     Launched by torchrun (WORLD_SIZE > 1), it joins the process group first.
     After SIGTERM/SIGUSR1 it stops once the current run has checkpointed, requeues the Slurm job
     (if under Slurm) and exits with status EXIT_PREEMPTED; rerunning it continues where it stopped.
@@ -417,7 +419,7 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
         return plan.main_for_task(task_factory, [a for a in argv if a != "--plan"])
 
     # Every config and optimizer first: nothing runs unless all of them are possible
-    profile, methods, seeds, overrides = parse_cli(argv, config_cls, toml_path)
+    profile, methods, seeds, overrides, skip_running = parse_cli(argv, config_cls, toml_path)
     read_toml(toml_path)
     methods = methods or list_methods(toml_path) or [config_cls.__dataclass_fields__["method"].default]
     cfgs = [load_config(config_cls, toml_path, profile, method,
@@ -437,7 +439,14 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
                 preempted = any_rank(preempted)
             if preempted:
                 break
-            result = run(cfg, task_factory(cfg))
+            try:
+                result = run(cfg, task_factory(cfg))
+            except LockedError as err:
+                if not skip_running:
+                    raise
+                if rank == 0:  # the process that holds the lock finishes the run
+                    print(f"{cfg.run_name}: left to the process training it ({err})", flush=True)
+                continue
             rows = result["rows"]
             last = {r["metric"]: r["value"] for r in rows if r["step"] == rows[-1]["step"]} if rows else {}
             shown = " ".join(f"{k}={v:.4g}" for k, v in last.items())

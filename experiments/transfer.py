@@ -247,7 +247,7 @@ def pretrain_spec(cfg: TransferConfig) -> dict:
                 lr=cfg.pretrain_lr, batch_size=cfg.pretrain_batch_size, momentum=0.9,
                 weight_decay=5e-4, schedule="cosine", crop_padding=cfg.crop_padding, flip=cfg.flip,
                 # The code that produces the weights: changed code never reuses an old cache.
-                code=code_key(sys.modules[__name__], source_task, normalize, pretraining))
+                code=code_key(pretrain_spec, source_task, normalize, pretraining))
 
 
 def pretrained_path(cfg: TransferConfig) -> Path:

@@ -143,7 +143,7 @@ def pretrain_spec(cfg: TextTransferConfig) -> dict:
                 hidden_dim=cfg.tiny_hidden, dropout=cfg.tiny_dropout, steps=cfg.pretrain_steps,
                 batch_size=cfg.pretrain_batch_size, lr=cfg.pretrain_lr, seed=cfg.pretrain_seed,
                 # The code that produces the weights: changed code never reuses an old cache.
-                code=code_key(sys.modules[__name__], source_sentences, pretraining))
+                code=code_key(pretrain_spec, source_sentences, pretraining))
 
 
 def pretrain_path(cfg: TextTransferConfig) -> Path:

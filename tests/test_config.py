@@ -203,10 +203,11 @@ def test_list_methods(toml, tmp_path):
 
 
 def test_parse_cli():
-    assert parse_cli([]) == ("quick", None, None, [])
+    assert parse_cli([]) == ("quick", None, None, [], False)
     assert parse_cli(["--profile", "paper", "--method", "a,b", "--seeds", "0,1,2", "lr=0.1", "k=3"]) == (
-        "paper", ["a", "b"], [0, 1, 2], ["lr=0.1", "k=3"])
-    assert parse_cli(["lr=0.1", "--seeds", "5", "k=3"]) == ("quick", None, [5], ["lr=0.1", "k=3"])
+        "paper", ["a", "b"], [0, 1, 2], ["lr=0.1", "k=3"], False)
+    assert parse_cli(["lr=0.1", "--seeds", "5", "--skip-running", "k=3"]) == (
+        "quick", None, [5], ["lr=0.1", "k=3"], True)
 
 
 @pytest.mark.parametrize("argv", [["--seeds", "a"], ["--profile", "full"], ["lr"]])

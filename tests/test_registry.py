@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -91,20 +92,35 @@ def test_makefile_target_runs_what_the_registry_says(name):
     assert set(re.findall(r"-m (figures\.\w+)", targets[target])) == {registry.EXPERIMENTS[name].figure}
 
 
-def test_makefile_method_lists_name_real_methods_and_fig_transfer_runs_them_all():
-    """A `--method` list in a recipe names methods of that module's TOML; fig-transfer's two
-    processes, which share the ResNet methods out, run every one of them between them."""
+def _make_variables() -> dict[str, str]:
+    return dict(re.findall(r"^([A-Z_]+) := (\S+)$", (ROOT / "Makefile").read_text(), flags=re.M))
+
+
+def test_makefile_method_lists_name_real_methods_and_side_by_side_processes_share_every_run():
+    """A `--method` list in a recipe names methods of that module's TOML; where a figure's recipe
+    starts two processes side by side, each runs the same runs of a module with --skip-running, so
+    together they run every one (each takes the next run nobody has started) and none twice."""
     import importlib
 
-    shared = {}
+    variables = _make_variables()
+    assert {"PATCH_FIGURE", "PATCH_PARTITIONS"} <= set(variables)
     for target, recipe in _make_targets().items():
-        for module, names in re.findall(r"-m (experiments\.\w+) [^;&|\n]*?--method ([^\s;]+)", recipe):
-            known = list_methods(importlib.import_module(module).TOML)
-            assert set(names.split(",")) <= set(known), f"make {target}: {names} not all in {known}"
-            if target == "fig-transfer":
-                shared.setdefault(module, []).extend(names.split(","))
-    resnet = shared["experiments.transfer"]
-    assert sorted(resnet) == sorted(list_methods(importlib.import_module("experiments.transfer").TOML))
+        recipe = re.sub(r"\$\(([A-Z_]+)\)", lambda m: variables.get(m[1], m[0]), recipe)
+        commands = re.findall(r"-m (experiments\.\w+)([^;&|\n]*)", recipe)
+        for module, args in commands:
+            names = re.search(r"--method (\S+)", args)
+            if names:
+                known = list_methods(importlib.import_module(module).TOML)
+                assert set(names[1].split(",")) <= set(known), f"make {target}: {names[1]} not all in {known}"
+        if target not in ("fig-transfer", "fig-patch", "patch-partitions", "fig-regularization"):
+            continue  # ablations splits its grids itself (--only)
+        commands = [(m, a) for m, a in commands if "--profile paper" not in a]  # paper: one at a time
+        by_module = {}
+        for module, args in commands:
+            assert "--skip-running" in args, f"make {target}: {module} beside another, no --skip-running"
+            by_module.setdefault(module, set()).add(args.strip())
+        assert all(len(a) == 1 for a in by_module.values()), f"make {target}: processes given other runs"
+        assert all(n == 2 for n in Counter(m for m, _ in commands).values()), f"make {target}: not shared"
 
 
 def test_command_line_lists_prints_and_checks(capsys):

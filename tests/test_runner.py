@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from experiments import accel
-from experiments.config import RunConfig
+from experiments.config import RunConfig, load_config
+from experiments.files import LockedError, run_lock
 from experiments.runner import checkpoint_path, main, run
 from tests.helpers import MULTIRATE, Blobs, make_cfg
 
@@ -181,6 +182,25 @@ def test_main_runs_methods_times_seeds(tmp_path, capsys):
     argv = ["--method", "multirate", f"results_dir={tmp_path / 'out'}", "epochs=1"]
     only = main(argv, RunConfig, toml, Blobs)
     assert len(only) == 1 and only[0]["run_name"].startswith("multirate-seed0")
+
+
+def test_skip_running_leaves_a_locked_run_to_its_holder(tmp_path, capsys):
+    """Two processes given the same runs share them out: one skips what the other is training."""
+    toml = tmp_path / "blobs.toml"
+    toml.write_text('batch_size = 32\nlr = 0.05\nwandb = "disabled"\ndevice = "cpu"\n'
+                    "[quick]\nepochs = 1\n[methods.train_all]\n")
+    out = f"results_dir={tmp_path / 'out'}"
+    held = load_config(RunConfig, toml, "quick", "train_all", ["seed=1", out])
+    with run_lock(held.run_dir / f"{held.run_name}.lock", "held by the test"):
+        with pytest.raises(LockedError):  # without the flag another process's run is an error
+            main(["--seeds", "0,1,2", out], RunConfig, toml, Blobs)
+        results = main(["--seeds", "0,1,2", "--skip-running", out], RunConfig, toml, Blobs)
+    assert [r["run_name"].split("-")[1] for r in results] == ["seed0", "seed2"]
+    assert f"{held.run_name}: left to the process training it" in capsys.readouterr().out
+    # Once the holder is gone, the same command trains what is left and reads back the rest.
+    again = main(["--seeds", "0,1,2", "--skip-running", out], RunConfig, toml, Blobs)
+    assert [r["status"] for r in again] == ["complete"] * 3
+    assert again[1]["run_name"] == held.run_name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
