@@ -441,11 +441,11 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
                 break
             try:
                 result = run(cfg, task_factory(cfg))
-            except LockedError as err:
+            except LockedError:
                 if not skip_running:
                     raise
                 if rank == 0:  # the process that holds the lock finishes the run
-                    print(f"{cfg.run_name}: left to the process training it ({err})", flush=True)
+                    print(f"{cfg.run_name}: another process is training it; left to that one", flush=True)
                 continue
             rows = result["rows"]
             last = {r["metric"]: r["value"] for r in rows if r["step"] == rows[-1]["step"]} if rows else {}

@@ -196,7 +196,7 @@ def test_skip_running_leaves_a_locked_run_to_its_holder(tmp_path, capsys):
             main(["--seeds", "0,1,2", out], RunConfig, toml, Blobs)
         results = main(["--seeds", "0,1,2", "--skip-running", out], RunConfig, toml, Blobs)
     assert [r["run_name"].split("-")[1] for r in results] == ["seed0", "seed2"]
-    assert f"{held.run_name}: left to the process training it" in capsys.readouterr().out
+    assert f"{held.run_name}: another process is training it; left to that one" in capsys.readouterr().out
     # Once the holder is gone, the same command trains what is left and reads back the rest.
     again = main(["--seeds", "0,1,2", "--skip-running", out], RunConfig, toml, Blobs)
     assert [r["status"] for r in again] == ["complete"] * 3
