@@ -123,3 +123,10 @@ def test_config_is_a_run_config_read_from_its_toml(tmp_path):
                                                                     [100, 300, 1000, 3000], [0, 1, 2, 3, 4])
     with pytest.raises(ValueError, match="invalid momentum=0.9"):
         small_config(tmp_path, momentum=0.9)
+
+
+@pytest.mark.parametrize("flag", [["--method", "sgd"], ["--skip-running"]])
+def test_run_selection_flags_are_refused_with_one_line(flag):
+    # One run holds every method: there is nothing to select or share out.
+    with pytest.raises(SystemExit, match=r"^experiments.convergence: .*; drop --"):
+        convergence.main(flag)
