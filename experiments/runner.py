@@ -337,6 +337,11 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
         return dict(status=status, rows=log.rows, run_name=cfg.run_name, model=model)
 
 
+def lock_path(cfg: RunConfig) -> Path:
+    """results/<profile>/<experiment>/<run_name>.lock, held while the run trains"""
+    return cfg.run_dir / f"{cfg.run_name}.lock"
+
+
 @contextlib.contextmanager
 def _run_lock(cfg: RunConfig, rank: int, world_size: int, device: torch.device):
     """Hold the run's lock file on rank 0; every rank raises LockedError if another process has it."""
@@ -345,7 +350,7 @@ def _run_lock(cfg: RunConfig, rank: int, world_size: int, device: torch.device):
         locked = None
         if rank == 0:
             try:
-                held.enter_context(run_lock(cfg.run_dir / f"{cfg.run_name}.lock", str(json_file)))
+                held.enter_context(run_lock(lock_path(cfg), str(json_file)))
             except LockedError as err:
                 locked = err
         if any_rank(locked is not None, device) if world_size > 1 else locked is not None:

@@ -9,7 +9,7 @@ import torch
 from experiments import accel
 from experiments.config import RunConfig, load_config
 from experiments.files import LockedError, run_lock
-from experiments.runner import checkpoint_path, main, run
+from experiments.runner import checkpoint_path, lock_path, main, run
 from tests.helpers import MULTIRATE, Blobs, make_cfg
 
 
@@ -191,7 +191,7 @@ def test_skip_running_leaves_a_locked_run_to_its_holder(tmp_path, capsys):
                     "[quick]\nepochs = 1\n[methods.train_all]\n")
     out = f"results_dir={tmp_path / 'out'}"
     held = load_config(RunConfig, toml, "quick", "train_all", ["seed=1", out])
-    with run_lock(held.run_dir / f"{held.run_name}.lock", "held by the test"):
+    with run_lock(lock_path(held), "held by the test"):
         with pytest.raises(LockedError):  # without the flag another process's run is an error
             main(["--seeds", "0,1,2", out], RunConfig, toml, Blobs)
         results = main(["--seeds", "0,1,2", "--skip-running", out], RunConfig, toml, Blobs)
