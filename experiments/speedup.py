@@ -26,6 +26,12 @@ limit is k(F+B) / (F + B + (k-1)(f+b)), with f = F the paper's formula. Each tim
 of the same interleaved repeats, reported with its spread (min-max); a speed-up above 100 % of the
 limit is flagged (it means the timings are noise, not that the bound is beaten).
 
+Each repeat also times every single step by kind (train_all, multirate's slow and fast steps,
+head_only) and, through torch's optimizer step hooks, every ``optimizer.step()`` inside them: on a
+GPU with CUDA events, so the windows are not synchronised step by step. Their medians say where
+multirate loses against the limit: a slow step dearer than a train-all step, a fast step dearer
+than a head-only one, or the optimizer (linear drift moves every slow parameter on every step).
+
     python -m experiments.speedup --optimizer-only --threads 1
 
 times the optimizer step alone (fixed random gradients, 784-1024-10 perceptron) of
@@ -121,8 +127,10 @@ def head_params(model: nn.Module, head: list[str]) -> list[nn.Parameter]:
     return [p for name, module in model.named_children() if name in head for p in module.parameters()]
 
 
-def make_steps(model: nn.Module, loss_fn, head: list[str], k: int, clock: Callable) -> dict[str, Callable]:
-    """One callable per method that trains its own copy of ``model`` on one minibatch."""
+def make_steps(model: nn.Module, loss_fn, head: list[str], k: int, clock: Callable,
+               calls: PerCall) -> dict[str, Callable]:
+    """One callable per method that trains its own copy of ``model`` on one minibatch; ``calls``
+    records every step and every ``optimizer.step()`` by kind (multirate's slow and fast apart)."""
     models = {name: copy.deepcopy(model) for name in METHODS}
     frozen = models["head_only"]
     frozen.requires_grad_(False)  # once, before TrainStep: the backbone then never records a graph
@@ -136,11 +144,70 @@ def make_steps(model: nn.Module, loss_fn, head: list[str], k: int, clock: Callab
     }
     steps = {}
     for name in METHODS:
-        train_step, m = TrainStep(models[name], optimizers[name]), models[name]
-        steps[name] = lambda train_step=train_step, m=m: train_step(lambda: loss_fn(m))
+        train_step, m, opt = TrainStep(models[name], optimizers[name]), models[name], optimizers[name]
+        kind = ((lambda opt=opt: "multirate slow" if opt.is_slow_step else "multirate fast")
+                if name == "multirate" else (lambda name=name: name))
+        steps[name] = calls.timed(lambda train_step=train_step, m=m: train_step(lambda: loss_fn(m)), kind)
+        calls.time_optimizer(opt, kind)
     # The phases run on the train_all copy (full graph) and the head_only copy (no backbone graph).
     steps["phases"] = lambda: measure_phases(models["train_all"], models["head_only"], loss_fn, clock)
     return steps
+
+
+class PerCall:
+    """Seconds of single calls by kind -- whole steps, and ``optimizer.step()`` through torch's step
+    hooks -- timed inside the benchmark's windows without synchronising there: with CUDA events on
+    a GPU (read after the window's synchronize, :meth:`collect`), with the benchmark's clock on a
+    CPU. They say where multirate's steps lose against the limit's phases."""
+
+    def __init__(self, device: str, clock: Callable):
+        self.cuda, self.clock = device == "cuda", clock
+        self.steps: dict[str, list[float]] = {}
+        self.optimizer_steps: dict[str, list[float]] = {}
+        self._pending = []  # (times, kind, start event, end event) on a GPU
+
+    def _start(self):
+        if not self.cuda:
+            return self.clock()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _stop(self, times: dict, kind: str, start) -> None:
+        if not self.cuda:
+            times.setdefault(kind, []).append(self.clock() - start)
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._pending.append((times, kind, start, end))
+
+    def timed(self, step: Callable, kind: Callable[[], str]) -> Callable:
+        def run():
+            label, start = kind(), self._start()  # the kind before the step: it changes the cycle
+            out = step()
+            self._stop(self.steps, label, start)
+            return out
+        return run
+
+    def time_optimizer(self, optimizer: torch.optim.Optimizer, kind: Callable[[], str]) -> None:
+        started = []
+        optimizer.register_step_pre_hook(lambda *_: started.append((kind(), self._start())))
+        optimizer.register_step_post_hook(lambda *_: self._stop(self.optimizer_steps, *started.pop()))
+
+    def collect(self) -> None:
+        """Read the GPU events of the calls so far (after a synchronize)."""
+        for times, kind, start, end in self._pending:
+            times.setdefault(kind, []).append(start.elapsed_time(end) / 1e3)
+        self._pending.clear()
+
+    def clear(self) -> None:
+        self.steps.clear()
+        self.optimizer_steps.clear()
+        self._pending.clear()
+
+    def medians(self) -> dict[str, dict[str, float]]:
+        return {"steps": {kind: statistics.median(t) for kind, t in self.steps.items()},
+                "optimizer_steps": {kind: statistics.median(t) for kind, t in self.optimizer_steps.items()}}
 
 
 def measure_phases(full: nn.Module, frozen: nn.Module, loss_fn, clock: Callable) -> tuple[float, ...]:
@@ -209,14 +276,17 @@ def _benchmark(s: Settings) -> dict:
     model, loss_fn = build(s)
     model.train()
     clock = CLOCKS[s.clock]
-    steps = make_steps(model, loss_fn, HEADS[s.model], s.k, clock)
+    calls = PerCall(s.device, clock)
+    steps = make_steps(model, loss_fn, HEADS[s.model], s.k, clock, calls)
     del model
     for step in steps.values():  # warm-up: allocator, kernels, TrainStep's first unpruned steps
         window(step, s.steps, sync, clock)
+    calls.clear()
     times = {name: [] for name in steps}
     for _ in range(s.repeats):
         for name, step in steps.items():  # round robin
             times[name].append(window(step, s.steps, sync, clock))
+            calls.collect()
     methods = {name: {"s_per_step": statistics.median(times[name]), "all": times[name]}
                for name in METHODS}
     phases = {name: [t[i] for t in times["phases"]] for i, name in enumerate(("F", "B", "f", "b"))}
@@ -228,7 +298,8 @@ def _benchmark(s: Settings) -> dict:
                   channels_last=s.channels_last and s.model != "distilbert", clock=s.clock,
                   methods=methods, speedup=speedup,
                   head_only_speedup=methods["train_all"]["s_per_step"] / methods["head_only"]["s_per_step"],
-                  F=F_, B=B, f=f, b=b, phases=phases, limit=limit(s.k, F_, B, b, f))
+                  F=F_, B=B, f=f, b=b, phases=phases, limit=limit(s.k, F_, B, b, f),
+                  per_call=calls.medians())
     result["fraction_of_limit"] = speedup / result["limit"]
     return result
 
@@ -245,6 +316,8 @@ def report(r: dict) -> str:
         lines.append(f"{name} = {r[name]:.4f}s ({spread(r['phases'][name])})")
     lines.append(f"limit k(F+B)/(F+B+(k-1)(f+b)) = {r['limit']:.2f}x; "
                  f"multirate reaches {100 * r['fraction_of_limit']:.0f}% of it")
+    for what, label in (("steps", "single steps (median)"), ("optimizer_steps", "of which optimizer.step()")):
+        lines.append(f"{label}: " + ", ".join(f"{kind} {t:.4f}s" for kind, t in r["per_call"][what].items()))
     if r["fraction_of_limit"] > 1:
         lines.append("WARNING: above 100 % of the limit: the timings are noise (another process, "
                      "an outlier repeat); rerun with more --repeats or on an idle machine")

@@ -4,6 +4,7 @@ import json
 import statistics
 
 import pytest
+import torch
 
 from experiments.speedup import METHODS, Settings, benchmark, limit, main, optimizer_benchmark, report
 
@@ -31,6 +32,11 @@ def check(r, s):
     assert r["speedup"] == pytest.approx(r["methods"]["train_all"]["s_per_step"]
                                          / r["methods"]["multirate"]["s_per_step"])
     assert r["fraction_of_limit"] == pytest.approx(r["speedup"] / r["limit"])
+    kinds = {"train_all", "multirate slow", "multirate fast", "head_only"}
+    steps, optimizer_steps = r["per_call"]["steps"], r["per_call"]["optimizer_steps"]
+    assert set(steps) == set(optimizer_steps) == kinds
+    for kind in kinds:  # each optimizer.step() runs inside its step, so the medians keep the order
+        assert 0 < optimizer_steps[kind] <= steps[kind]
 
 
 def test_resnet34_tiny_cli(tmp_path, capsys):
@@ -108,3 +114,27 @@ def test_resnet34_realistic_speedup():
                            threads=1, clock="process"))
     assert r["speedup"] > 1.3
     assert r["fraction_of_limit"] > 0.8
+
+
+def test_per_call_times_steps_and_optimizer_steps_by_kind():
+    from torch import nn
+
+    from experiments.speedup import CLOCKS, PerCall
+
+    calls = PerCall("cpu", CLOCKS["wall"])
+    w = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    kinds = iter(["a", "b", "a"] * 2)
+    kind = lambda: next(kinds)  # noqa: E731 -- asked once by the step, once by its optimizer.step()
+    def step():
+        w.grad = torch.ones(3)
+        opt.step()
+    timed = calls.timed(step, kind)
+    calls.time_optimizer(opt, kind)
+    for _ in range(3):
+        timed()
+    assert {k: len(t) for k, t in calls.steps.items()} == {"a": 2, "b": 1}  # asked before each step
+    assert {k: len(t) for k, t in calls.optimizer_steps.items()} == {"b": 1, "a": 2}
+    torch.testing.assert_close(w.detach(), torch.full((3,), 0.7))  # the steps ran, once each
+    calls.clear()
+    assert not calls.steps and not calls.optimizer_steps
