@@ -1,7 +1,8 @@
 """GPU speed options of a run (``amp``, ``channels_last``, ``compile``, ``cudnn_benchmark``), as
-small functions the runner calls; each keeps :class:`multirate.TrainStep`'s saving.
+small functions the runner calls; each keeps :class:`multirate.TrainStep`'s saving. On a CPU, the
+runner keeps freed host memory in the process (``keep_freed_host_memory``).
 
-    configure_backends(cfg, device)                  # cudnn.benchmark, once per run
+    configure_backends(cfg, device)                  # cudnn.benchmark; on a CPU, host memory kept
     model = prepare_model(model, cfg, device)        # after .to(device), before the optimizer
     scaler = grad_scaler(cfg, device)                # fp16 only, else None
     train_step = make_train_step(model, optimizer, scaler, reduce_grads)
@@ -35,6 +36,9 @@ device's current stream reads it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -47,12 +51,53 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def configure_backends(cfg: RunConfig, device: torch.device) -> None:
-    """``torch.backends.cudnn.benchmark = cfg.cudnn_benchmark`` on CUDA (nothing elsewhere)."""
+    """``torch.backends.cudnn.benchmark = cfg.cudnn_benchmark`` on CUDA; on a CPU,
+    :func:`keep_freed_host_memory`."""
     if cfg.cudnn_benchmark and cfg.deterministic:
         raise ValueError("cudnn_benchmark=true with deterministic=true: benchmarking picks kernels by "
                          "timing, so results would vary; set one of them to false")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    else:
+        keep_freed_host_memory()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_host_memory_kept = False  # keep_freed_host_memory took effect in this process
+
+
+def keep_freed_host_memory() -> bool:
+    """Let glibc keep the memory that freed tensors leave (no trimming of the heap, no mmap per
+    allocation), so that later tensors reuse pages the process already has instead of faulting in
+    fresh ones. Process-wide and for good; numerics are untouched. Returns whether it applied:
+    Linux with glibc, and ``MULTIRATE_KEEP_HOST_MEMORY`` not ``0`` (a no-op elsewhere); called
+    again, whether it took effect in this process.
+
+    Why: glibc hands freed blocks over 32 MiB, and the free top of its heap, back to the kernel,
+    and the next allocation faults in every page again (several microseconds each on a virtual
+    machine). A multirate slow step, which follows k - 1 fast steps that need little memory, paid
+    for its whole graph that way on every cycle; ``python -m experiments.speedup`` counts the
+    faults per step (README, "Speed-up per training step": DistilBERT-base's slow step took 25-38 %
+    longer than a train-all step without this setting). PyTorch's CUDA caching allocator does the
+    same for GPU memory. The cost: the process keeps its peak host memory until it exits.
+    """
+    global _host_memory_kept
+    if _host_memory_kept:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("MULTIRATE_KEEP_HOST_MEMORY") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    # -1 as size_t: never trim; 0 mmapped chunks: every block comes from the heap and returns to it.
+    _host_memory_kept = bool(mallopt(_M_TRIM_THRESHOLD, -1)) and bool(mallopt(_M_MMAP_MAX, 0))
+    return _host_memory_kept
+
+
+def host_memory_kept() -> bool:
+    """Whether :func:`keep_freed_host_memory` took effect in this process (it lasts)."""
+    return _host_memory_kept
 
 
 def prepare_model(model: nn.Module, cfg: RunConfig, device: torch.device,
@@ -114,5 +159,5 @@ def to_device(tensors: tuple[Tensor, ...], device: torch.device) -> tuple[Tensor
                  for t in tensors)
 
 
-__all__ = ["configure_backends", "prepare_model", "autocast", "autocast_loss", "grad_scaler",
-           "make_train_step", "to_device", "AMP_DTYPES"]
+__all__ = ["configure_backends", "keep_freed_host_memory", "host_memory_kept", "prepare_model", "autocast",
+           "autocast_loss", "grad_scaler", "make_train_step", "to_device", "AMP_DTYPES"]

@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.accel import host_memory_kept, keep_freed_host_memory
 from experiments.files import write_json
 from multirate import Multirate, TrainStep, partition
 
@@ -92,6 +93,9 @@ class Settings:
     # ResNets in NHWC: the layout oneDNN/cuDNN convolutions are fastest in, for every method alike
     # (on this 2-core CPU it cut ResNet-50's F by ~25 % and B by ~8 %).
     channels_last: bool = True
+    # glibc keeps freed host memory (experiments.accel.keep_freed_host_memory), as the runner does on a
+    # CPU: otherwise multirate's slow steps fault their graph's pages in again every cycle.
+    keep_host_memory: bool = True
     clock: str = "wall"
     json: str | None = None
     optimizer_only: bool = False  # time the optimizer step alone (and the perceptron training step)
@@ -164,6 +168,7 @@ class PerCall:
         self.cuda, self.clock = device == "cuda", clock
         self.steps: dict[str, list[float]] = {}
         self.optimizer_steps: dict[str, list[float]] = {}
+        self.page_faults: dict[str, list[int]] = {}  # minor faults of the process per step, on a CPU
         self._pending = []  # (times, kind, start event, end event) on a GPU
 
     def _start(self):
@@ -183,9 +188,12 @@ class PerCall:
 
     def timed(self, step: Callable, kind: Callable[[], str]) -> Callable:
         def run():
-            label, start = kind(), self._start()  # the kind before the step: it changes the cycle
+            label, faults = kind(), minor_page_faults()  # the kind before the step: it changes the cycle
+            start = self._start()
             out = step()
             self._stop(self.steps, label, start)
+            if faults is not None and not self.cuda:
+                self.page_faults.setdefault(label, []).append(minor_page_faults() - faults)
             return out
         return run
 
@@ -203,11 +211,21 @@ class PerCall:
     def clear(self) -> None:
         self.steps.clear()
         self.optimizer_steps.clear()
+        self.page_faults.clear()
         self._pending.clear()
 
     def medians(self) -> dict[str, dict[str, float]]:
-        return {"steps": {kind: statistics.median(t) for kind, t in self.steps.items()},
-                "optimizer_steps": {kind: statistics.median(t) for kind, t in self.optimizer_steps.items()}}
+        return {what: {kind: statistics.median(t) for kind, t in getattr(self, what).items()}
+                for what in ("steps", "optimizer_steps", "page_faults")}
+
+
+def minor_page_faults() -> int | None:
+    """Minor page faults of this process so far (None where the platform does not count them)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def measure_phases(full: nn.Module, frozen: nn.Module, loss_fn, clock: Callable) -> tuple[float, ...]:
@@ -262,11 +280,13 @@ def benchmark(s: Settings) -> dict:
                          f"k={s.k}, steps={s.steps}, repeats={s.repeats}")
     if s.clock == "process" and s.device == "cuda":
         raise ValueError("the process clock does not see GPU time; use --clock wall on cuda")
+    if s.device == "cpu" and s.keep_host_memory:
+        keep_freed_host_memory()
     threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
-        return _benchmark(s)
+        return {**_benchmark(s), "host_memory_kept": host_memory_kept()}
     finally:
         torch.set_num_threads(threads)  # a process-wide setting: leave it as found (tests share it)
 
@@ -318,6 +338,10 @@ def report(r: dict) -> str:
                  f"multirate reaches {100 * r['fraction_of_limit']:.0f}% of it")
     for what, label in (("steps", "single steps (median)"), ("optimizer_steps", "of which optimizer.step()")):
         lines.append(f"{label}: " + ", ".join(f"{kind} {t:.4f}s" for kind, t in r["per_call"][what].items()))
+    if r["per_call"].get("page_faults"):
+        lines.append("minor page faults per step (median): " + ", ".join(
+            f"{kind} {n:.0f}" for kind, n in r["per_call"]["page_faults"].items())
+            + ("" if r.get("host_memory_kept") else " (freed host memory not kept: --keep-host-memory)"))
     if r["fraction_of_limit"] > 1:
         lines.append("WARNING: above 100 % of the limit: the timings are noise (another process, "
                      "an outlier repeat); rerun with more --repeats or on an idle machine")
@@ -330,11 +354,13 @@ def spread(times: list[float]) -> str:
 
 def optimizer_benchmark(s: Settings) -> dict:
     """Seconds per optimizer step alone and per perceptron training step, interleaved repeats."""
+    if s.device == "cpu" and s.keep_host_memory:
+        keep_freed_host_memory()
     threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
-        return _optimizer_benchmark(s)
+        return {**_optimizer_benchmark(s), "host_memory_kept": host_memory_kept()}
     finally:
         torch.set_num_threads(threads)
 
@@ -416,6 +442,8 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="ResNets in NHWC memory format (default: on)")
+    p.add_argument("--keep-host-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a CPU, glibc keeps freed memory, as in the runner's CPU runs (default: on)")
     p.add_argument("--clock", choices=tuple(CLOCKS), default=Settings.clock,
                    help="wall time (default) or this process's CPU time (for a shared CPU, with --threads 1)")
     p.add_argument("--json", default=None, help="write the results here")

@@ -6,6 +6,9 @@ head needs, far less than a slow step.
 """
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +196,40 @@ def test_cudnn_benchmark_on_cuda():
         assert torch.backends.cudnn.benchmark
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+FAULTS_PER_STEP = """
+import resource, sys, torch
+from experiments import accel
+kept = accel.keep_freed_host_memory() if sys.argv[1] == "keep" else False
+def step():  # a training step's pattern: tensors of a few sizes made, every page touched, all freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    tensors = [torch.ones(n_bytes // 4) for n_bytes in (40 << 20, 8 << 20, 40 << 20)]
+    del tensors
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(kept, accel.host_memory_kept(), *[step() for _ in range(8)])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator on Linux")
+@pytest.mark.parametrize("mode", ["keep", "default"])
+def test_keep_freed_host_memory_stops_steps_faulting_their_pages_in_again(mode, monkeypatch):
+    # A fresh process: the setting is process-wide and for good. A step touches 88 MiB = 22,528
+    # pages of 4 KiB; glibc unmaps blocks over 32 MiB when they are freed.
+    monkeypatch.delenv("MULTIRATE_KEEP_HOST_MEMORY", raising=False)
+    out = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1]).stdout.split()
+    kept, reported, faults = out[0] == "True", out[1] == "True", [int(n) for n in out[2:]]
+    assert kept == reported == (mode == "keep")
+    later = faults[4:]  # once the heap has grown to the step's size
+    if mode == "keep":
+        assert sum(later) < 1000, faults
+    else:
+        assert min(later) > 10000, faults
+
+
+def test_keep_freed_host_memory_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("MULTIRATE_KEEP_HOST_MEMORY", "0")
+    monkeypatch.setattr(accel, "_host_memory_kept", False)
+    assert accel.keep_freed_host_memory() is False
+    assert accel.host_memory_kept() is False

@@ -2,6 +2,7 @@
 
 import json
 import statistics
+import sys
 
 import pytest
 import torch
@@ -37,6 +38,8 @@ def check(r, s):
     assert set(steps) == set(optimizer_steps) == kinds
     for kind in kinds:  # each optimizer.step() runs inside its step, so the medians keep the order
         assert 0 < optimizer_steps[kind] <= steps[kind]
+    assert set(r["per_call"]["page_faults"]) == kinds and min(r["per_call"]["page_faults"].values()) >= 0
+    assert r["host_memory_kept"] is sys.platform.startswith("linux")
 
 
 def test_resnet34_tiny_cli(tmp_path, capsys):
