@@ -1,8 +1,8 @@
 """GPU speed options of a run (``amp``, ``channels_last``, ``compile``, ``cudnn_benchmark``), as
-small functions the runner calls; each keeps :class:`multirate.TrainStep`'s saving. On a CPU, the
-runner keeps freed host memory in the process (``keep_freed_host_memory``).
+small functions the runner calls; each keeps :class:`multirate.TrainStep`'s saving. For a CPU,
+``keep_freed_host_memory`` (used by ``experiments.speedup``, not by the runner).
 
-    configure_backends(cfg, device)                  # cudnn.benchmark; on a CPU, host memory kept
+    configure_backends(cfg, device)                  # cudnn.benchmark, once per run
     model = prepare_model(model, cfg, device)        # after .to(device), before the optimizer
     scaler = grad_scaler(cfg, device)                # fp16 only, else None
     train_step = make_train_step(model, optimizer, scaler, reduce_grads)
@@ -51,15 +51,12 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def configure_backends(cfg: RunConfig, device: torch.device) -> None:
-    """``torch.backends.cudnn.benchmark = cfg.cudnn_benchmark`` on CUDA; on a CPU,
-    :func:`keep_freed_host_memory`."""
+    """``torch.backends.cudnn.benchmark = cfg.cudnn_benchmark`` on CUDA (nothing elsewhere)."""
     if cfg.cudnn_benchmark and cfg.deterministic:
         raise ValueError("cudnn_benchmark=true with deterministic=true: benchmarking picks kernels by "
                          "timing, so results would vary; set one of them to false")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-    else:
-        keep_freed_host_memory()
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
@@ -79,7 +76,9 @@ def keep_freed_host_memory() -> bool:
     for its whole graph that way on every cycle; ``python -m experiments.speedup`` counts the
     faults per step (README, "Speed-up per training step": DistilBERT-base's slow step took 25-38 %
     longer than a train-all step without this setting). PyTorch's CUDA caching allocator does the
-    same for GPU memory. The cost: the process keeps its peak host memory until it exits.
+    same for GPU memory. The cost: the process keeps its peak host memory until it exits. Not for
+    small models: the quick profile's runs took about 10 % longer with it (README, same section),
+    so the runner does not call it.
     """
     global _host_memory_kept
     if _host_memory_kept:

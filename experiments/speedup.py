@@ -93,8 +93,8 @@ class Settings:
     # ResNets in NHWC: the layout oneDNN/cuDNN convolutions are fastest in, for every method alike
     # (on this 2-core CPU it cut ResNet-50's F by ~25 % and B by ~8 %).
     channels_last: bool = True
-    # glibc keeps freed host memory (experiments.accel.keep_freed_host_memory), as the runner does on a
-    # CPU: otherwise multirate's slow steps fault their graph's pages in again every cycle.
+    # glibc keeps freed host memory (experiments.accel.keep_freed_host_memory): otherwise, at these
+    # models' sizes, multirate's slow steps fault their graph's pages in again every cycle.
     keep_host_memory: bool = True
     clock: str = "wall"
     json: str | None = None
@@ -443,7 +443,7 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="ResNets in NHWC memory format (default: on)")
     p.add_argument("--keep-host-memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="on a CPU, glibc keeps freed memory, as in the runner's CPU runs (default: on)")
+                   help="on a CPU, glibc keeps freed memory (default: on; the runner does not)")
     p.add_argument("--clock", choices=tuple(CLOCKS), default=Settings.clock,
                    help="wall time (default) or this process's CPU time (for a shared CPU, with --threads 1)")
     p.add_argument("--json", default=None, help="write the results here")
