@@ -1,6 +1,8 @@
 """The speed-up benchmark on tiny settings: schema, positive times, the limit formula."""
 
 import json
+import os
+import platform
 import statistics
 import sys
 
@@ -39,7 +41,8 @@ def check(r, s):
     for kind in kinds:  # each optimizer.step() runs inside its step, so the medians keep the order
         assert 0 < optimizer_steps[kind] <= steps[kind]
     assert set(r["per_call"]["page_faults"]) == kinds and min(r["per_call"]["page_faults"].values()) >= 0
-    assert r["host_memory_kept"] is sys.platform.startswith("linux")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert r["host_memory_kept"] is (glibc and os.environ.get("MULTIRATE_KEEP_HOST_MEMORY") != "0")
 
 
 def test_resnet34_tiny_cli(tmp_path, capsys):
