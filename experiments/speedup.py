@@ -66,6 +66,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+try:
+    import resource  # the process's page-fault counts
+except ImportError:  # Windows
+    resource = None
+
 from experiments.accel import host_memory_kept, keep_freed_host_memory
 from experiments.files import write_json
 from multirate import Multirate, TrainStep, partition
@@ -188,11 +193,12 @@ class PerCall:
 
     def timed(self, step: Callable, kind: Callable[[], str]) -> Callable:
         def run():
-            label, faults = kind(), minor_page_faults()  # the kind before the step: it changes the cycle
+            label = kind()  # the kind before the step: it changes the cycle
+            faults = None if self.cuda else minor_page_faults()
             start = self._start()
             out = step()
             self._stop(self.steps, label, start)
-            if faults is not None and not self.cuda:
+            if faults is not None:
                 self.page_faults.setdefault(label, []).append(minor_page_faults() - faults)
             return out
         return run
@@ -221,11 +227,7 @@ class PerCall:
 
 def minor_page_faults() -> int | None:
     """Minor page faults of this process so far (None where the platform does not count them)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def measure_phases(full: nn.Module, frozen: nn.Module, loss_fn, clock: Callable) -> tuple[float, ...]:
@@ -280,13 +282,19 @@ def benchmark(s: Settings) -> dict:
                          f"k={s.k}, steps={s.steps}, repeats={s.repeats}")
     if s.clock == "process" and s.device == "cuda":
         raise ValueError("the process clock does not see GPU time; use --clock wall on cuda")
+    return measured(_benchmark, s)
+
+
+def measured(measure: Callable[[Settings], dict], s: Settings) -> dict:
+    """``measure(s)`` under the benchmark's process settings: freed host memory kept on a CPU (for
+    good), ``s.threads`` for its duration; the result says whether the memory setting holds."""
     if s.device == "cpu" and s.keep_host_memory:
         keep_freed_host_memory()
     threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
-        return {**_benchmark(s), "host_memory_kept": host_memory_kept()}
+        return {**measure(s), "host_memory_kept": host_memory_kept()}
     finally:
         torch.set_num_threads(threads)  # a process-wide setting: leave it as found (tests share it)
 
@@ -354,15 +362,7 @@ def spread(times: list[float]) -> str:
 
 def optimizer_benchmark(s: Settings) -> dict:
     """Seconds per optimizer step alone and per perceptron training step, interleaved repeats."""
-    if s.device == "cpu" and s.keep_host_memory:
-        keep_freed_host_memory()
-    threads = torch.get_num_threads()
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    try:
-        return {**_optimizer_benchmark(s), "host_memory_kept": host_memory_kept()}
-    finally:
-        torch.set_num_threads(threads)
+    return measured(_optimizer_benchmark, s)
 
 
 def perceptron(hidden: int, device) -> nn.Module:
