@@ -10,19 +10,34 @@ paper's claim is that multirate (fast part with h/k = 0.004, slow part with h = 
 both. Methods (``[methods.*]`` in ``experiments/configs/patch.toml``): ``small_lr`` (h = 0.004),
 ``large_lr`` (h = 0.1), ``multirate`` and variants with other fast parts.
 
-The patch construction (`make_patches`, `assign_kinds`, `apply_patches`), as in the notes:
+The patch construction (`make_patches`, `assign_patched`, `apply_patches`), as Li, Wei & Ma's code
+builds it (cwein3/large-lr-code, ``data_util.py``: ``FixedAugmentDataset``, ``PatchAugmentFixed``,
+``TransformOnlyDataset``; ``train_patches.py``):
 
-- every training image gets a patch with probability ``patch_prob`` = 0.8, and of those a fraction
-  ``patch_only_prob`` = 0.2 become patch-only, decided once per image (20 % clean, 64 %
-  image + patch, 16 % patch-only);
+- whether a training image carries a patch is fixed once per image, with probability
+  ``patch_prob`` = 0.8 (``FixedAugmentDataset.should_transform``); everything else is drawn again on
+  every access (``PatchAugmentFixed.__call__``): with probability ``patch_only_prob`` = 0.2 a patched
+  image is patch-only this time, so per access 20 % of the images are clean, 64 % image + patch and
+  16 % patch-only, and no image loses its content for good;
 - a ``patch_size`` x ``patch_size`` x 3 patch at the centre (rows and columns 12-18 of 32), written
   after normalisation; z = ``z_scale`` * N(0, 1) (3 x 7 x 7) shared by all classes, and one pattern
   zeta_c ~ U[-``zeta_range``, ``zeta_range``] (3 x 7 x 7) per class;
-- image + patch: patch = z + s * zeta_y, with a random sign s redrawn on every access;
+- image + patch: patch = z + s * zeta_y, with a random sign s;
 - patch-only: the whole (normalised) image is 0 and patch = z + s * ``patch_only_scale`` * u * zeta_y,
-  with s and a scalar u ~ U(0, 1) redrawn on every access;
-- no crop or flip. Evaluation: the clean test set, the test set with patches (z + s zeta_y, one fixed
-  sign per image) and ``patch_only_test`` = 1,000 patch-only images with random labels.
+  with a scalar u ~ U(0, 1);
+- no crop or flip. Evaluation, as Li et al. evaluate: the clean test set; the test set "with patch",
+  which goes through the training set's construction (a fixed 80 % of the images patched, and of
+  those 20 % patch-only: the 20/64/16 mixture); and ``patch_only_test`` = 1,000 zero images with
+  random labels through the same patch draw (80 % z + s zeta_y, 20 % z + s 1.75 u zeta_y; the
+  ``sample_patch = False`` that ``train_patches.py`` sets is read nowhere). Each evaluation set is
+  drawn once, so every epoch and every run sees the same images.
+- SGD with Nesterov momentum 0.9 for every method (``train_util.py``: ``nesterov=True``).
+
+Where this still differs from Li et al.: the quick and cpu profiles use generated 16 x 16 images and
+a narrow WRN-16 instead of CIFAR-10 and WRN-16-10 (no data set can be downloaded offline, and the
+paper's network does not fit a CPU budget); Li et al. redraw the evaluation sets' signs on every
+pass, we draw them once (the same distribution, reproducible); the constant step sizes are the
+multirate paper's (Li et al. decay the large one early).
 
 The patches, which images get them and the evaluation draws depend only on ``patch_seed``: like the
 data set itself they are the same for every run seed and method. Training draws the signs from the
@@ -57,7 +72,6 @@ DATASETS = ("generated", "cifar10")
 # relative to the image in both profiles.
 CIFAR_MEAN, CIFAR_STD = (125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)
 GENERATED_MEAN, GENERATED_STD = (0.37, 0.37, 0.37), (0.21, 0.21, 0.21)
-CLEAN, PATCHED, PATCH_ONLY = 0, 1, 2  # an image's kind, fixed once per image
 
 
 @dataclass
@@ -73,7 +87,11 @@ class PatchConfig(RunConfig):
     zeta_range: float = 0.1
     patch_only_scale: float = 1.75
     patch_only_test: int = 1000
-    patch_seed: int = 0  # patterns, kinds and evaluation draws: part of the data set, not the run
+    patch_seed: int = 0  # patterns, patched images and evaluation draws: part of the data set, not the run
+    # Which construction made the run: part of its identity (hashed into its name), so that runs of the
+    # earlier construction (patch-only fixed per image, an all-patched "with patch" set) never pass
+    # for runs of this one. Only "li2019" (the module docstring) is built.
+    construction: str = "li2019"
     # --- the generated base data set (quick profile)
     gen_size: int = 16
     gen_train: int = 5000
@@ -85,6 +103,7 @@ class PatchConfig(RunConfig):
         size = self.gen_size if self.dataset == "generated" else 32
         checks = [
             ("dataset", self.dataset in DATASETS, f"one of {DATASETS}"),
+            ("construction", self.construction == "li2019", '"li2019" (the only construction built)'),
             ("widen_factor", self.widen_factor >= 1, ">= 1"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
             ("patch_size", 1 <= self.patch_size <= size, f"in [1, {size}] (the image side)"),
@@ -130,33 +149,32 @@ def make_patches(num_classes: int, image_size: int, patch_size: int, z_scale: fl
     return Patches(z, zeta, (image_size - patch_size) // 2)
 
 
-def assign_kinds(n: int, patch_prob: float, patch_only_prob: float, generator: torch.Generator) -> Tensor:
-    """Each image's kind (CLEAN, PATCHED or PATCH_ONLY), drawn once: patched with probability
-    patch_prob, and a patched image is patch-only with probability patch_only_prob."""
-    patched = torch.rand(n, generator=generator) < patch_prob
-    only = torch.rand(n, generator=generator) < patch_only_prob
-    return torch.where(patched, torch.where(only, PATCH_ONLY, PATCHED), CLEAN)
+def assign_patched(n: int, patch_prob: float, generator: torch.Generator) -> Tensor:
+    """Which of n images carry a patch (bool), drawn once: Li et al.'s fixed ``should_transform``."""
+    return torch.rand(n, generator=generator) < patch_prob
 
 
-def apply_patches(images: Tensor, labels: Tensor, kinds: Tensor, patches: Patches, patch_only_scale: float,
-                  generator: torch.Generator) -> Tensor:
-    """Normalised images (N x 3 x H x W) with their patches, drawing a fresh sign s and scale u for
-    every image from `generator` (on the images' device). Returns a new tensor.
+def apply_patches(images: Tensor, labels: Tensor, patched: Tensor, patches: Patches, patch_only_prob: float,
+                  patch_only_scale: float, generator: torch.Generator) -> Tensor:
+    """Normalised images (N x 3 x H x W) with their patches, one access of Li et al.'s
+    ``PatchAugmentFixed``: for every image a fresh sign s, patch-only coin and scale u from
+    `generator` (on the images' device). Returns a new tensor.
 
-    PATCHED: patch = z + s zeta_y; PATCH_ONLY: image = 0, patch = z + s patch_only_scale u zeta_y;
-    CLEAN: unchanged. Every image consumes the same draws whatever its kind, so the stream of
-    random numbers does not depend on the kinds.
+    A patched image is patch-only with probability patch_only_prob (image = 0, patch = z + s
+    patch_only_scale u zeta_y), else image + patch (patch = z + s zeta_y); an image with
+    ``patched`` False is unchanged. Every image consumes the same draws whatever it gets, so the
+    stream of random numbers does not depend on which images are patched.
     """
     n, device = len(images), images.device
     sign = 2 * torch.randint(0, 2, (n,), generator=generator, device=device) - 1
+    only = patched & (torch.rand(n, generator=generator, device=device) < patch_only_prob)
     u = torch.rand(n, generator=generator, device=device)
-    only = kinds == PATCH_ONLY
     scale = sign * torch.where(only, patch_only_scale * u, 1.0)
     patch = patches.z + scale.view(n, 1, 1, 1).to(images.dtype) * patches.zeta[labels]
     out = torch.where(only.view(n, 1, 1, 1), 0.0, images)
     top, size = patches.top, patches.size
     region = out[:, :, top:top + size, top:top + size]
-    out[:, :, top:top + size, top:top + size] = torch.where((kinds == CLEAN).view(n, 1, 1, 1), region, patch)
+    out[:, :, top:top + size, top:top + size] = torch.where(patched.view(n, 1, 1, 1), patch, region)
     return out
 
 
@@ -254,7 +272,7 @@ class PatchTask(runner.Task):
         return (GENERATED_MEAN, GENERATED_STD) if self.cfg.dataset == "generated" else (CIFAR_MEAN, CIFAR_STD)
 
     def data(self) -> dict:
-        """Train/test images (uint8) and labels, the patches, the training kinds and the three
+        """Train/test images (uint8) and labels, the patches, which training images are patched and the three
         evaluation sets (normalised, patched once), all on the CPU; built once per task."""
         if self._data is not None:
             return self._data
@@ -267,15 +285,16 @@ class PatchTask(runner.Task):
             (x, y), (x_test, y_test) = load_cifar(root, "cifar10", True), load_cifar(root, "cifar10", False)
         g = torch.Generator().manual_seed(cfg.patch_seed)
         patches = make_patches(self.num_classes, x.shape[-1], cfg.patch_size, cfg.z_scale, cfg.zeta_range, g)
-        kinds = assign_kinds(len(x), cfg.patch_prob, cfg.patch_only_prob, g)
+        patched = assign_patched(len(x), cfg.patch_prob, g)
         clean = normalize(x_test, *self._stats())
-        patched = apply_patches(clean, y_test, torch.full_like(y_test, PATCHED), patches,
-                                cfg.patch_only_scale, g)
+        with_patch = apply_patches(clean, y_test, assign_patched(len(x_test), cfg.patch_prob, g), patches,
+                                   cfg.patch_only_prob, cfg.patch_only_scale, g)
         y_only = torch.randint(0, self.num_classes, (cfg.patch_only_test,), generator=g)
         only = apply_patches(torch.zeros(cfg.patch_only_test, *clean.shape[1:]), y_only,
-                             torch.full_like(y_only, PATCH_ONLY), patches, cfg.patch_only_scale, g)
-        self._data = dict(x=x, y=y, kinds=kinds, patches=patches, eval={
-            "clean": (clean, y_test), "patched": (patched, y_test), "patch_only": (only, y_only)})
+                             torch.ones_like(y_only, dtype=torch.bool), patches, cfg.patch_only_prob,
+                             cfg.patch_only_scale, g)
+        self._data = dict(x=x, y=y, patched=patched, patches=patches, eval={
+            "clean": (clean, y_test), "patched": (with_patch, y_test), "patch_only": (only, y_only)})
         return self._data
 
     def build_model(self) -> nn.Module:
@@ -284,12 +303,12 @@ class PatchTask(runner.Task):
     def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
         d = self.data()
         self._patches = d["patches"].to(device)
-        return d["x"].to(device), d["y"].to(device), d["kinds"].to(device)
+        return d["x"].to(device), d["y"].to(device), d["patched"].to(device)
 
     def batch(self, tensors: tuple[Tensor, ...], generator: torch.Generator) -> tuple[Tensor, ...]:
-        x, y, kinds = tensors
-        images = apply_patches(normalize(x, *self._stats()), y, kinds, self._patches,
-                               self.cfg.patch_only_scale, generator)
+        x, y, patched = tensors
+        images = apply_patches(normalize(x, *self._stats()), y, patched, self._patches,
+                               self.cfg.patch_only_prob, self.cfg.patch_only_scale, generator)
         return images, y
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:

@@ -7,16 +7,13 @@ import torch
 
 from experiments.config import list_methods, load_config
 from experiments.patch import (
-    CLEAN,
     GENERATED_CLASSES,
-    PATCH_ONLY,
-    PATCHED,
     TOML,
     PatchConfig,
     PatchTask,
     WideResNet,
     apply_patches,
-    assign_kinds,
+    assign_patched,
     generated_images,
     make_patches,
 )
@@ -39,13 +36,67 @@ def quick_cfg(tmp_path, method="small_lr", *overrides):
 
 # ----------------------------------------------------------------------------- the patch construction
 
-def test_kinds_are_20_64_16_percent():
-    n = 200_000
-    kinds = assign_kinds(n, 0.8, 0.2, torch.Generator().manual_seed(0))
-    for kind, p in ((CLEAN, 0.2), (PATCHED, 0.64), (PATCH_ONLY, 0.16)):
-        share = (kinds == kind).float().mean().item()
-        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / n)  # four standard errors
-    assert torch.equal(kinds, assign_kinds(n, 0.8, 0.2, torch.Generator().manual_seed(0)))
+def within(share, p, n):
+    """share is p up to four standard errors of a mean of n Bernoulli(p) draws"""
+    return abs(share - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+def kinds_of(out, images, p):
+    """Per image: clean (patch region untouched), patch-only (zero outside the patch) or patched."""
+    top, size = p.top, p.size
+    region = (slice(None), slice(None), slice(top, top + size), slice(top, top + size))
+    clean = (out[region] == images[region]).flatten(1).all(1)
+    outside = out.clone()
+    outside[region] = 0
+    only = ~clean & (outside == 0).flatten(1).all(1)
+    return clean, only, ~clean & ~only
+
+
+def test_patched_images_are_fixed_once_and_patch_only_is_drawn_on_every_access():
+    # Li et al.: FixedAugmentDataset fixes which images are patched (80 %); PatchAugmentFixed draws
+    # patch-only (20 % of those) on every access: 20/64/16 per access, and no image is patch-only for good.
+    n = 20_000
+    patched = assign_patched(n, 0.8, torch.Generator().manual_seed(0))
+    assert within(patched.float().mean().item(), 0.8, n)
+    assert torch.equal(patched, assign_patched(n, 0.8, torch.Generator().manual_seed(0)))
+    p = patches(image_size=16)
+    images = torch.rand(n, 3, 16, 16) + 0.5  # never 0, so a zeroed image is patch-only
+    labels = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    accesses = [kinds_of(apply_patches(images, labels, patched, p, 0.2, 1.75, g), images, p)
+                for _ in range(4)]
+    for clean, only, both in accesses:
+        assert torch.equal(clean, ~patched)  # unpatched images stay clean on every access
+        for share, target in ((clean, 0.2), (both, 0.64), (only, 0.16)):
+            assert within(share.float().mean().item(), target, n)
+    only_count = sum(only.int() for _, only, _ in accesses)
+    # Redrawn per access: a patched image is patch-only on k of 4 accesses, k ~ Binomial(4, 0.2)
+    assert within((only_count[patched] == 4).float().mean().item(), 0.2 ** 4, n)
+    assert within((only_count[patched] == 0).float().mean().item(), 0.8 ** 4, n)
+
+
+def test_evaluation_mixtures_are_li_et_als(tmp_path):
+    # "With patch": the test set through the training construction (20/64/16); patch-only: zero images
+    # through the same draw (80 % z + s zeta_y, 20 % z + s 1.75 u zeta_y).
+    cfg = quick_cfg(tmp_path, "small_lr", "gen_test=4000", "patch_only_test=4000")
+    d = PatchTask(cfg).data()
+    p = d["patches"]
+    clean_images = d["eval"]["clean"][0]
+    clean, only, both = kinds_of(d["eval"]["patched"][0], clean_images, p)
+    for share, target in ((clean, 0.2), (both, 0.64), (only, 0.16)):
+        assert within(share.float().mean().item(), target, 4000)
+    images, labels = d["eval"]["patch_only"]
+    top, size = p.top, p.size
+    delta = (images[:, :, top:top + size, top:top + size] - p.z).flatten(1)
+    zeta = p.zeta[labels].flatten(1)
+    c = (delta * zeta).sum(1) / (zeta * zeta).sum(1)  # patch = z + c zeta_y
+    torch.testing.assert_close(delta, c.unsqueeze(1) * zeta, atol=1e-5, rtol=0)
+    unit = (c.abs() - 1).abs() < 1e-4
+    assert within(unit.float().mean().item(), 0.8, 4000)  # |c| = 1: not patch-only (1.75 u = 1 has no mass)
+    assert c.abs().max() <= 1.75 + 1e-5 and (~unit & (c.abs() > 1.2)).any()
+    outside = images.clone()
+    outside[:, :, top:top + size, top:top + size] = 0
+    assert torch.all(outside == 0)
 
 
 def test_patterns_are_determined_by_the_seed():
@@ -65,7 +116,8 @@ def test_patch_location_and_size():
     assert p.top == 12 and p.size == 7  # rows and columns 12-18 of 32
     images = torch.randn(8, 3, 32, 32)
     labels = torch.arange(8)
-    out = apply_patches(images, labels, torch.full((8,), PATCHED), p, 1.75, torch.Generator().manual_seed(0))
+    out = apply_patches(images, labels, torch.ones(8, dtype=torch.bool), p, 0.0, 1.75,
+                        torch.Generator().manual_seed(0))
     changed = (out != images).any(dim=(0, 1))
     rows, cols = changed.nonzero().unbind(1)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 18, 12, 18)
@@ -79,7 +131,7 @@ def test_patched_images_carry_z_plus_or_minus_their_class_pattern():
     p = patches()
     n = 400
     labels = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(1))
-    out = apply_patches(torch.zeros(n, 3, 32, 32), labels, torch.full((n,), PATCHED), p, 1.75,
+    out = apply_patches(torch.zeros(n, 3, 32, 32), labels, torch.ones(n, dtype=torch.bool), p, 0.0, 1.75,
                         torch.Generator().manual_seed(2))
     delta = out[:, :, 12:19, 12:19] - p.z
     plus = (delta - p.zeta[labels]).abs().amax(dim=(1, 2, 3)) < 1e-6
@@ -90,11 +142,11 @@ def test_patched_images_carry_z_plus_or_minus_their_class_pattern():
 
 def test_sign_is_redrawn_on_every_access():
     p = patches()
-    image, label, kind = torch.zeros(1, 3, 32, 32), torch.tensor([3]), torch.tensor([PATCHED])
+    image, label, kind = torch.zeros(1, 3, 32, 32), torch.tensor([3]), torch.tensor([True])
     g = torch.Generator().manual_seed(0)
     signs = []
     for _ in range(64):
-        delta = apply_patches(image, label, kind, p, 1.75, g)[0, :, 12:19, 12:19] - p.z
+        delta = apply_patches(image, label, kind, p, 0.0, 1.75, g)[0, :, 12:19, 12:19] - p.z
         signs.append(round((delta * p.zeta[3]).sum().sign().item()))
     assert set(signs) == {-1, 1}
     assert 16 < signs.count(1) < 48
@@ -105,7 +157,7 @@ def test_patch_only_images_are_zero_outside_the_patch():
     n = 300
     labels = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(1))
     images = torch.randn(n, 3, 32, 32)
-    out = apply_patches(images, labels, torch.full((n,), PATCH_ONLY), p, 1.75,
+    out = apply_patches(images, labels, torch.ones(n, dtype=torch.bool), p, 1.0, 1.75,
                         torch.Generator().manual_seed(2))
     outside = torch.ones(32, 32, dtype=torch.bool)
     outside[12:19, 12:19] = False
@@ -118,15 +170,15 @@ def test_patch_only_images_are_zero_outside_the_patch():
     assert c.abs().max() <= 1.75 + 1e-6 and c.min() < -1.2 and c.max() > 1.2
 
 
-def test_clean_images_are_untouched_and_draws_do_not_depend_on_kinds():
+def test_clean_images_are_untouched_and_draws_do_not_depend_on_which_are_patched():
     p = patches()
     images = torch.randn(6, 3, 32, 32)
     labels = torch.arange(6)
-    kinds = torch.tensor([CLEAN, PATCHED, PATCH_ONLY, CLEAN, PATCHED, PATCH_ONLY])
+    patched = torch.tensor([False, True, True, False, True, True])
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    out = apply_patches(images, labels, kinds, p, 1.75, g1)
-    assert torch.equal(out[kinds == CLEAN], images[kinds == CLEAN])
-    apply_patches(images, labels, torch.full((6,), CLEAN), p, 1.75, g2)
+    out = apply_patches(images, labels, patched, p, 0.5, 1.75, g1)
+    assert torch.equal(out[~patched], images[~patched])
+    apply_patches(images, labels, torch.zeros(6, dtype=torch.bool), p, 0.5, 1.75, g2)
     assert torch.equal(g1.get_state(), g2.get_state())
 
 
@@ -163,7 +215,7 @@ def test_evaluation_sets_are_fixed_by_the_patch_seed(tmp_path):
     assert only.shape == (20, 3, 16, 16) and labels.shape == (20,)
     other = PatchTask(quick_cfg(tmp_path, "small_lr", "patch_seed=1")).data()
     assert not torch.equal(a["eval"]["patched"][0], other["eval"]["patched"][0])
-    assert not torch.equal(a["kinds"], other["kinds"]) or len(a["kinds"]) < 8
+    assert not torch.equal(a["patched"], other["patched"])
 
 
 def test_config_rejects_impossible_values(tmp_path):
@@ -173,6 +225,8 @@ def test_config_rejects_impossible_values(tmp_path):
         quick_cfg(tmp_path, "small_lr", "patch_prob=1.5")
     with pytest.raises(ValueError, match="dataset"):
         quick_cfg(tmp_path, "small_lr", "dataset=mnist")
+    with pytest.raises(ValueError, match="construction"):
+        quick_cfg(tmp_path, "small_lr", "construction=fixed")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -196,6 +250,13 @@ def test_multirate_uses_the_configured_step_sizes(tmp_path):
     assert (cfg.optimizer, cfg.lr, cfg.k) == ("multirate", 0.1, 25)
     assert cfg.lr / cfg.k == pytest.approx(load_config(PatchConfig, TOML, "quick", "small_lr").lr)
     assert load_config(PatchConfig, TOML, "quick", "large_lr").lr == 0.1
+
+
+@pytest.mark.parametrize("profile", ["quick", "cpu", "paper"])
+def test_every_method_uses_nesterov_momentum_as_li_et_al(profile):
+    for method in list_methods(TOML):
+        cfg = load_config(PatchConfig, TOML, profile, method)
+        assert (cfg.nesterov, cfg.momentum) == (True, 0.9), method
 
 
 def test_paper_profile_reads_cifar10(tmp_path, monkeypatch):
