@@ -1,4 +1,4 @@
-"""Typed run configuration: dataclass defaults < TOML file < profile < method < CLI.
+"""Typed run configuration: dataclass defaults < TOML file < profile < method < profile's method < CLI.
 
 A TOML file holds the defaults of one experiment::
 
@@ -8,6 +8,8 @@ A TOML file holds the defaults of one experiment::
     [methods.multirate]        # method tables override the profile
     optimizer = "multirate"
     k = 5
+    [quick.methods.multirate]  # a profile's own value for one method (e.g. a tuned step size)
+    lr = 0.2
 
 and ``python -m experiments.X --profile quick --method multirate k=3`` overrides on top.
 """
@@ -43,7 +45,7 @@ NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "
 # Fields added after runs were recorded: left out of the hash while at their default, so that
 # those runs keep their names (and are not trained again).
 HASHED_IF_CHANGED = ("nesterov", "betas", "eps", "threads", "deterministic", "amp", "channels_last",
-                     "compile", "cudnn_benchmark", "lr_batch")
+                     "compile", "cudnn_benchmark", "lr_batch", "holdout")
 
 # Chosen by arguments (--profile/--method), never by a file or an override.
 _RESERVED = {"profile": "--profile", "method": "--method"}
@@ -67,6 +69,10 @@ class RunConfig:
     # lr * batch_size / lr_batch (`step_lr`, the linear scaling rule), which keeps SGD's noise
     # h / B and its distance per epoch when a profile runs the paper's h at a smaller batch.
     lr_batch: int = 0
+    # The fraction of the training set held out for tuning (experiments/protocol.py; 0: none). With
+    # holdout > 0 the run trains on the rest and every evaluation reads the held-out part in place of
+    # the test set, under the test set's metric names: a tuning run never reads the test data.
+    holdout: float = 0.0
     k: int = 1
     momentum: float = 0.9
     nesterov: bool = False  # SGD bases ("sgd", "multirate")
@@ -116,6 +122,7 @@ class RunConfig:
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("lr", self.lr >= 0, ">= 0"),
             ("lr_batch", self.lr_batch >= 0, ">= 0 (0: the lr is for batch_size itself)"),
+            ("holdout", 0 <= self.holdout < 1, "in [0, 1) (0: train on the whole training set)"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("nesterov", not self.nesterov or self.momentum > 0, "false when momentum = 0"),
@@ -223,9 +230,10 @@ def load_config(
     cls: type[C], toml_path: str | Path, profile: str, method: str, overrides: list[str] = (),
     layers: list[tuple[str, list[str]]] = (),
 ) -> C:
-    """Build a `cls` from its dataclass defaults, the TOML file, the profile table,
-    the method table, named `layers` of `key=value` overrides (``(where, overrides)`` pairs, e.g. a
-    sweep file's ``[fixed]`` table) and the command line's `overrides`, later ones winning.
+    """Build a `cls` from its dataclass defaults, the TOML file, the profile table, the method
+    table, the profile's table for the method (``[quick.methods.X]``), named `layers` of
+    `key=value` overrides (``(where, overrides)`` pairs, e.g. a sweep file's ``[fixed]`` table)
+    and the command line's `overrides`, later ones winning.
 
     Unknown keys, unparsable values and impossible values raise ValueError naming the key (and the
     layer or file it came from).
@@ -253,10 +261,18 @@ def load_config(
             pairs[key.strip()] = value
         return pairs
 
+    # A profile's own settings for a method ([quick.methods.X]: e.g. the step size the comparison
+    # protocol chose for that profile) win over the method table.
+    profile_methods = data.get(profile, {}).get("methods", {})
+    for name in profile_methods:
+        if name not in methods:
+            raise ValueError(f"[{profile}.methods.{name}] in {toml_path}: no such method; "
+                             f"[methods.*] defines {sorted(methods)}")
     tables = [
         (f"{toml_path} (top level)", {k: v for k, v in data.items() if k not in _TABLES}),
-        (f"{toml_path} [{profile}]", data.get(profile, {})),
+        (f"{toml_path} [{profile}]", {k: v for k, v in data.get(profile, {}).items() if k != "methods"}),
         (f"{toml_path} [methods.{method}]", methods.get(method, {})),
+        (f"{toml_path} [{profile}.methods.{method}]", profile_methods.get(method, {})),
         *((where, parsed(items)) for where, items in layers),
         ("command line", parsed(overrides)),
     ]

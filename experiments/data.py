@@ -516,3 +516,19 @@ def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[floa
     std = torch.as_tensor(std, dtype=dtype, device=images.device).view(-1, 1, 1)
     # copy=True: the in-place ops below must never write into the caller's tensor.
     return images.to(dtype, copy=True).sub_(255 * mean).div_(255 * std)
+
+
+# ----------------------------------------------------------------------------- the tuning split
+
+HOLDOUT_SEED = 0  # the split is part of the data set: the same for every run, method and seed
+
+
+def holdout_split(n: int, fraction: float) -> tuple[Tensor, Tensor]:
+    """(kept, held): indices of n training examples, a fixed random `fraction` of them held out for
+    tuning (experiments/protocol.py), the rest kept for training; both sorted."""
+    held = round(n * fraction)
+    if not 0 < held < n:
+        raise ValueError(f"holdout={fraction} of {n} training examples leaves none held out or none "
+                         "to train on")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    return order[held:].sort().values, order[:held].sort().values

@@ -7,7 +7,8 @@
     python -m experiments.reference readme [--check]             # README tables <- the reference
 
 ``experiments/reference/<profile>.csv`` holds, for every complete run under ``results/<profile>/``
-(and the ablations' ``results/ablations/<name>/<profile>/``), its summary metrics (`summarize`):
+(the ablations' ``results/ablations/<name>/<profile>/`` and the tuning trials'
+``results/tune/<point>/<profile>/`` too), its summary metrics (`summarize`):
 columns ``experiment, run, method, seed, metric, value``. ``experiment`` is the run's results folder
 relative to the profile (``transfer``, ``ablations/k/transfer``); ``run`` is its name, which
 hashes its whole config, so a run with other settings is a different row, never a mismatch.
@@ -100,7 +101,9 @@ def collect(results_dir: str | Path, profile: str) -> list[dict]:
     """Reference rows for everything under `results_dir` of `profile`, sorted."""
     results_dir = Path(results_dir)
     folders = [(results_dir / profile, "")]
-    folders += [(p / profile, f"ablations/{p.name}/") for p in sorted((results_dir / "ablations").glob("*"))]
+    # The ablations' runs (experiments/ablations.py), the protocol's trials (experiments/protocol.py)
+    folders += [(p / profile, f"{group}/{p.name}/") for group in ("ablations", "tune")
+                for p in sorted((results_dir / group).glob("*"))]
     out = []
     for root, prefix in folders:
         if not root.is_dir():

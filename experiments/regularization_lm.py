@@ -169,9 +169,12 @@ class LMTask(runner.Task):
             self.vocab_size, train, valid, test = len(corpus.vocab), corpus.train, corpus.valid, corpus.test
         else:
             self.vocab_size, train, valid, test = generated_corpus(cfg)
+        if cfg.holdout:  # a tuning run: the end of the training text is its validation text, no test
+            held = round(len(train) * cfg.holdout)
+            train, valid, test = train[:-held], train[-held:], None
         self.train = windows(train, cfg.seq_len)
         self.valid = batchify(valid, cfg.eval_batch_size)
-        self.test = batchify(test, cfg.eval_batch_size)
+        self.test = None if test is None else batchify(test, cfg.eval_batch_size)
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -188,6 +191,8 @@ class LMTask(runner.Task):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         metrics = {}
         for name, data in (("val", self.valid), ("test", self.test)):
+            if data is None:  # a tuning run has no test text
+                continue
             loss = stream_loss(model, data.to(device), self.cfg.seq_len)
             metrics[f"{name}_loss"] = loss
             metrics[f"{name}_ppl"] = math.exp(loss)

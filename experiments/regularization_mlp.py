@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from experiments import errors, runner
 from experiments.config import RunConfig, require
-from experiments.data import fetch_mnist, load_mnist
+from experiments.data import fetch_mnist, holdout_split, load_mnist
 
 TOML = Path(__file__).with_name("configs") / "regularization_mlp.toml"
 DATASETS = ("generated", "mnist")
@@ -140,10 +140,15 @@ class MLPTask(runner.Task):
         if cfg.dataset == "mnist":
             folder = fetch_mnist()
             self.x, self.y = load_mnist(folder, train=True)
-            self.x_test, self.y_test = load_mnist(folder, train=False)
+            # A tuning run never reads the test set (its evaluation is the held-out part, below).
+            self.x_test, self.y_test = (None, None) if cfg.holdout else load_mnist(folder, train=False)
             self.classes, self.mean, self.std = 10, MNIST_MEAN, MNIST_STD
         else:
             self.x, self.y, self.x_test, self.y_test = generated_data(cfg)
+        if cfg.holdout:  # a tuning run: train on the kept part, evaluate on the held-out part
+            kept, held = holdout_split(len(self.y), cfg.holdout)
+            self.x, self.y, self.x_test, self.y_test = self.x[kept], self.y[kept], self.x[held], self.y[held]
+        if cfg.dataset != "mnist":
             # Standardised as MNIST is: with the training images' own mean and std.
             pixels = self.x.float() / 255
             self.classes, self.mean, self.std = cfg.classes, pixels.mean().item(), pixels.std().item()

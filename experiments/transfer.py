@@ -61,7 +61,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 from experiments import errors, pretraining, runner
 from experiments.config import RunConfig, require
-from experiments.data import DownloadError, fetch_cifar, load_cifar, normalize
+from experiments.data import DownloadError, fetch_cifar, holdout_split, load_cifar, normalize
 from experiments.determinism import code_key
 from experiments.synthetic_images import (
     GENERATOR_VERSION,
@@ -354,7 +354,12 @@ class TransferTask(runner.Task):
         return TARGET_CLASSES if self.cfg.dataset == "generated" else CLASSES[self.cfg.dataset]
 
     def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
-        return tuple(t.to(device) for t in self._load(self.cfg, train=True))
+        images, labels = self._load(self.cfg, train=True)
+        if self.cfg.holdout:  # a tuning run: evaluate on the held-out part, never on the test set
+            kept, held = holdout_split(len(labels), self.cfg.holdout)
+            self._test = images[held].to(device), labels[held].to(device)
+            images, labels = images[kept], labels[kept]
+        return images.to(device), labels.to(device)
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 images -> normalised float input at the network's size."""

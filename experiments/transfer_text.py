@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from experiments import errors, pretraining, runner
 from experiments.config import RunConfig, require
-from experiments.data import DownloadError, load_sst2
+from experiments.data import DownloadError, holdout_split, load_sst2
 from experiments.determinism import code_key
 from experiments.synthetic_text import (  # noqa: F401 (tests read CLS, SEP, ... from here)
     CLS,
@@ -330,10 +330,14 @@ class TextTransfer(runner.Task):
 
     def train_tensors(self, device: torch.device) -> tuple[Tensor, ...]:
         data = self._data(self.cfg)  # (cfg.threads is set by the runner, before any tensor work)
+        train, test = data["train"], data["test"]
+        if self.cfg.holdout:  # a tuning run: evaluate on the held-out part, never on the test set
+            kept, held = holdout_split(len(train[-1]), self.cfg.holdout)
+            train, test = tuple(t[kept] for t in train), tuple(t[held] for t in train)
         # Sorted by length, so that trimming the padding of each evaluation batch saves the most.
-        order = torch.argsort(data["test"][1].sum(1), stable=True)
-        self.test = tuple(t[order].to(device) for t in data["test"])
-        return tuple(t.to(device) for t in data["train"])
+        order = torch.argsort(test[1].sum(1), stable=True)
+        self.test = tuple(t[order].to(device) for t in test)
+        return tuple(t.to(device) for t in train)
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
