@@ -220,7 +220,8 @@ def test_train_step_saves_compute_with_adamw():
     (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], betas=(0.9, 1.0)), "betas"),
     (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], eps=-1.0), "eps"),
     (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], k=0), "k must be a positive integer"),
-    (lambda p: Multirate([{"params": [p], "rate": "fast"}], nesterov=True), "nesterov needs momentum"),
+    (lambda p: Multirate([{"params": [p], "rate": "fast"}], nesterov=True),
+     "nesterov must be False when momentum = 0"),
 ])
 def test_bad_hyperparameters(make, message):
     with pytest.raises(ValueError, match=message):
@@ -324,7 +325,7 @@ def test_checkpoint_from_before_nesterov_loads():
     ("sgd", dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
     ("sgd", dict(rate="random", slow_fraction=0.0, linear_drift=False), "slow_fraction"),
     ("sgd", dict(k=0), "k must be a positive integer"),
-    ("sgd", dict(nesterov=True), "nesterov needs momentum"),
+    ("sgd", dict(nesterov=True), "nesterov must be False when momentum = 0"),
     ("adamw", dict(betas=[0.9, 1.0]), "betas"),
     ("adamw", dict(rate="random"), "random subgroups need the SGD"),
     ("sgd", dict(betas=(0.9, 0.99)), "unknown hyperparameter"),
