@@ -3,9 +3,13 @@ r"""The arithmetic of the multirate optimizers, as functions on lists of tensors
 and Nesterov, AdamW, Adam), the masked heavy ball of an elementwise partition, and ``move``.
 
 Which entries consume a gradient and how far each one moves is the cycle's, in
-:class:`multirate.Multirate`; nothing here knows about slow and fast steps. Every function has a
-multi-tensor path (``foreach``, one ``torch._foreach_*`` kernel per device and dtype) and a for-loop
-path with the same iterates.
+:class:`multirate.Multirate`; nothing here knows about slow and fast steps. The functions on lists
+have a multi-tensor path (``foreach``, one ``torch._foreach_*`` kernel per device and dtype) and a
+for-loop path with the same iterates; ``masked_sgd`` takes one tensor.
+
+The masked heavy ball is written for bit-for-bit the iterates of the code it replaced: the same
+operations in the same order (an ``add`` with ``alpha`` rounds once, an ``addcmul`` twice), which
+is why the zeroed form (random subgroups) and the other (random split) differ in their passes.
 """
 
 from collections import defaultdict

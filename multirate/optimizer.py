@@ -105,7 +105,6 @@ class Multirate(Optimizer):
             identical iterates.
     """
 
-
     rates = ("slow", "fast", "random", "split")  # the rates this base supports
 
     def __init__(self, params, lr=1e-3, k=1, momentum=0.0, weight_decay=0.0, linear_drift=True,
