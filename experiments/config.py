@@ -32,9 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from multirate import BASES, HyperparameterError, check_hyperparameters
+
 PROFILES = ("quick", "cpu", "paper")  # cpu: the paper's counts on generated data, ~1 h per figure on 2 cores
-OPTIMIZERS = ("sgd", "multirate", "adamw", "multirate_adamw")  # multirate_*: the base algorithm
+# Each optimizer's base algorithm (a name in multirate.BASES): "multirate*" trains with the base's
+# multirate optimizer, the others with its torch optimizer.
+OPTIMIZERS = {"sgd": "sgd", "multirate": "sgd", "adamw": "adamw", "multirate_adamw": "adamw"}
 PARTITIONS = ("layerwise", "random_subgroups", "weights_and_biases", "random_split", "batchnorm")
+ELEMENTWISE = {"random_subgroups": "random", "random_split": "split"}  # partition -> its groups' rate
 SCHEDULES = ("constant", "cosine", "multistep")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -45,7 +50,7 @@ NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "
 # Fields added after runs were recorded: left out of the hash while at their default, so that
 # those runs keep their names (and are not trained again).
 HASHED_IF_CHANGED = ("nesterov", "betas", "eps", "threads", "deterministic", "amp", "channels_last",
-                     "compile", "cudnn_benchmark", "lr_batch", "holdout")
+                     "compile", "cudnn_benchmark", "lr_batch", "zero_slow_every_step", "holdout")
 
 # Chosen by arguments (--profile/--method), never by a file or an override.
 _RESERVED = {"profile": "--profile", "method": "--method"}
@@ -84,6 +89,9 @@ class RunConfig:
     fast: list[str] = field(default_factory=lambda: ["fc"])  # module-name prefixes
     partition: str = "layerwise"
     slow_fraction: float = 0.5
+    # random_subgroups: the slow entries zero on all k steps of their cycle (the paper's "during the
+    # k fast steps" read literally), not on the k - 1 fast steps only; see multirate.Multirate
+    zero_slow_every_step: bool = False
     schedule: str = "constant"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
@@ -112,32 +120,42 @@ class RunConfig:
         # Written as `not (x >= 0)` so that NaN fails too.
         checks = [
             ("profile", self.profile in PROFILES, f"one of {PROFILES}"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {tuple(OPTIMIZERS)}"),
             ("partition", self.partition in PARTITIONS, f"one of {PARTITIONS}"),
             ("schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             ("wandb", self.wandb in WANDB_MODES, f"one of {WANDB_MODES}"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("k", self.k >= 1, ">= 1"),
             ("eval_every", self.eval_every >= 1, ">= 1"),
-            ("lr", self.lr >= 0, ">= 0"),
             ("lr_batch", self.lr_batch >= 0, ">= 0 (0: the lr is for batch_size itself)"),
             ("holdout", 0 <= self.holdout < 1, "in [0, 1) (0: train on the whole training set)"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("nesterov", not self.nesterov or self.momentum > 0, "false when momentum = 0"),
-            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
-            ("eps", self.eps >= 0, ">= 0"),
-            ("partition", not (self.optimizer == "multirate_adamw"
-                               and self.partition in ("random_subgroups", "random_split")),
-             "not random with optimizer='multirate_adamw' (random partitions need the SGD base)"),
-            ("slow_fraction", 0 <= self.slow_fraction <= 1, "in [0, 1]"),
+            ("zero_slow_every_step", not self.zero_slow_every_step or self.partition == "random_subgroups",
+             "false unless partition = 'random_subgroups'"),
             ("gamma", self.gamma > 0, "> 0"),
             ("train", len(self.train) > 0, "a non-empty list"),
             ("threads", self.threads >= 0, ">= 0 (0: torch's default)"),
             ("amp", self.amp in AMP_MODES, f"one of {AMP_MODES}"),
         ]
         require(self, checks)
+        self.check_hyperparameters()
+
+    def check_hyperparameters(self) -> None:
+        """The optimizer's own checks (multirate.check_hyperparameters) on this config's values, with
+        the rate of its partition's groups; a refused value raises ValueError naming the field."""
+        base = OPTIMIZERS[self.optimizer]
+        rate = ELEMENTWISE.get(self.partition, "fast")
+        values = {name: getattr(self, name) for name in BASES[base].hyperparameters}
+        if "random" in BASES[base].optimizer.rates:  # the options of the elementwise partitions
+            values.update(slow_fraction=self.slow_fraction, zero_slow_every_step=self.zero_slow_every_step)
+        # A random group takes no drift: partition.random_subgroups sets linear_drift=False for it.
+        drift = self.linear_drift and rate != "random"
+        try:
+            check_hyperparameters(base, rate=rate, lr=self.lr, k=self.k, linear_drift=drift, **values)
+        except HyperparameterError as error:
+            if error.key == "rate":
+                raise ValueError(f"invalid partition={self.partition!r} with optimizer={self.optimizer!r}: "
+                                 f"its groups' rate {rate!r} must be {error.requirement}") from None
+            require(self, [(error.key, False, error.requirement)])
 
     @property
     def step_lr(self) -> float:

@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from experiments import accel, checkpoint, determinism, tracking
 from experiments.checkpoint import Progress, checkpoint_path
-from experiments.config import RunConfig, list_methods, load_config, parse_cli, read_toml
+from experiments.config import OPTIMIZERS, RunConfig, list_methods, load_config, parse_cli, read_toml
 from experiments.errors import UserError
 from experiments.files import LockedError, run_lock, sha256_file
 from experiments.preemption import EXIT_PREEMPTED, PREEMPTION, requeue_slurm_job
 from experiments.runlog import ResultError, RunLog, check_csv, read_record, read_rows
-from multirate import Multirate, MultirateAdamW, partition
+from multirate import BASES, partition
 from multirate.distributed import AllReduceGrads, any_rank, broadcast_module, init_from_env, world
 
 FINISHED = ("complete", "diverged")  # deterministic outcomes: rerunning would repeat them
@@ -107,11 +107,11 @@ def apply_train(model: nn.Module, prefixes: list[str]) -> list[nn.Parameter]:
 
 
 def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD or AdamW over the trained parameters, or Multirate / MultirateAdamW over their
-    cfg.partition (see `param_groups`)."""
-    if cfg.optimizer in ("sgd", "adamw"):
-        return _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    return _optimizer(cfg, param_groups(cfg, model))
+    """The torch optimizer of cfg.optimizer's base over the trained parameters ("sgd", "adamw"), or
+    its multirate optimizer over their cfg.partition ("multirate*", see `param_groups`)."""
+    if cfg.optimizer.startswith("multirate"):
+        return _optimizer(cfg, param_groups(cfg, model))
+    return _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
 
 
 def param_groups(cfg: RunConfig, model: nn.Module, fast: list[str] | None = None) -> list[dict]:
@@ -121,7 +121,8 @@ def param_groups(cfg: RunConfig, model: nn.Module, fast: list[str] | None = None
     and "random_split" (a fixed random cfg.slow_fraction of every tensor slow)."""
     # The partitions skip frozen parameters themselves, so cfg.train carries over.
     if cfg.partition == "random_subgroups":
-        return partition.random_subgroups(model, slow_fraction=cfg.slow_fraction, seed=cfg.seed)
+        return partition.random_subgroups(model, slow_fraction=cfg.slow_fraction, seed=cfg.seed,
+                                          zero_slow_every_step=cfg.zero_slow_every_step)
     if cfg.partition == "weights_and_biases":
         if len(cfg.fast) != 1:
             raise ValueError(f"fast={cfg.fast}: partition='weights_and_biases' needs fast=biases or weights")
@@ -141,26 +142,23 @@ def check_optimizer(cfg: RunConfig) -> None:
     impossible hyperparameter (ValueError) before any run starts, without building the real model."""
     stand_in = nn.Sequential(collections.OrderedDict(slow=nn.Linear(2, 2), fast=nn.Linear(2, 2)))
     try:
-        if cfg.optimizer in ("sgd", "adamw"):
-            _optimizer(cfg, list(stand_in.parameters()))
-        else:  # the stand-in's module names are not the model's: "layerwise" gets its own
+        if cfg.optimizer.startswith("multirate"):  # the stand-in's module names are not the model's
             _optimizer(cfg, param_groups(cfg, stand_in, fast=["fast"]))
+        else:
+            _optimizer(cfg, list(stand_in.parameters()))
     except ValueError as err:
         raise UserError(f"{cfg.method}: {err}") from None
 
 
 def _optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.step_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.step_lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "multirate_adamw":
-        return MultirateAdamW(params, lr=cfg.step_lr, k=cfg.k, betas=tuple(cfg.betas), eps=cfg.eps,
-                              weight_decay=cfg.weight_decay, linear_drift=cfg.linear_drift)
-    return Multirate(params, lr=cfg.step_lr, k=cfg.k, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                     weight_decay=cfg.weight_decay, linear_drift=cfg.linear_drift)
+    """cfg.optimizer over `params`: its base's hyperparameters (multirate.BASES) from cfg, and for a
+    multirate optimizer the cycle's k and linear_drift."""
+    base = BASES[OPTIMIZERS[cfg.optimizer]]
+    values = {name: getattr(cfg, name) for name in base.hyperparameters}
+    values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}  # betas
+    if cfg.optimizer.startswith("multirate"):
+        return base.optimizer(params, lr=cfg.step_lr, k=cfg.k, linear_drift=cfg.linear_drift, **values)
+    return base.torch_optimizer(params, lr=cfg.step_lr, **values)
 
 
 def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer):

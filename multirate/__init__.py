@@ -2,8 +2,10 @@
 
 from multirate import partition
 from multirate.adamw import MultirateAdam, MultirateAdamW
-from multirate.optimizer import Multirate, check_hyperparameters
+from multirate.bases import BASES, check_hyperparameters
+from multirate.optimizer import HyperparameterError, Multirate
 from multirate.step import TrainStep
 
-__all__ = ["Multirate", "MultirateAdam", "MultirateAdamW", "TrainStep", "check_hyperparameters", "partition"]
+__all__ = ["BASES", "HyperparameterError", "Multirate", "MultirateAdam", "MultirateAdamW", "TrainStep",
+           "check_hyperparameters", "partition"]
 __version__ = "0.1.0"

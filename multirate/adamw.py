@@ -2,7 +2,8 @@
 
 import torch
 
-from multirate.optimizer import Multirate, _by_device_and_dtype, _check_common
+from multirate import _functional as F
+from multirate.optimizer import Multirate
 
 
 class MultirateAdamW(Multirate):
@@ -59,21 +60,19 @@ class MultirateAdamW(Multirate):
             identical iterates.
     """
 
+    rates = ("slow", "fast")
+    direction = staticmethod(F.adamw)  # the base's directions, from the moments in the state
+
     def __init__(self, params, lr=1e-3, k=1, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  linear_drift=True, foreach=None):
         self._setup(params, dict(lr=lr, k=k, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                  linear_drift=linear_drift, foreach=foreach))
 
-    def _check_group(self, group, index):
-        where = f"param group {index}"
-        if group["rate"] not in ("slow", "fast"):
-            raise ValueError(f"{where}: rate must be 'slow' or 'fast' (random subgroups need the SGD "
-                             f"base, Multirate), got {group['rate']!r}")
-        _check_common(group, where)
-        if len(group["betas"]) != 2 or not all(0 <= b < 1 for b in group["betas"]):
-            raise ValueError(f"{where}: betas must be two numbers in [0, 1), got {group['betas']!r}")
-        if not group["eps"] >= 0:
-            raise ValueError(f"{where}: eps must be non-negative, got {group['eps']!r}")
+    @classmethod
+    def base_checks(cls, group):
+        betas = group["betas"]
+        return [("betas", len(betas) == 2 and all(0 <= b < 1 for b in betas), "two numbers in [0, 1)"),
+                ("eps", group["eps"] >= 0, "non-negative")]
 
     def _directions(self, group, params, *, slow, foreach):
         states = [self.state[p] for p in params]
@@ -82,15 +81,12 @@ class MultirateAdamW(Multirate):
                 state["step"] = 0
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        directions = self._base_directions(group, params, states, foreach)
+        directions = self.direction(params, [p.grad for p in params], states, betas=group["betas"],
+                                    eps=group["eps"], weight_decay=group["weight_decay"], foreach=foreach)
         if slow:
             for state, d in zip(states, directions):
                 state["direction"] = d
         return directions
-
-    def _base_directions(self, group, params, states, foreach):
-        return adamw_directions(params, [p.grad for p in params], states, betas=group["betas"],
-                                eps=group["eps"], weight_decay=group["weight_decay"], foreach=foreach)
 
     def _frozen_key(self, group):
         return "direction"
@@ -105,56 +101,10 @@ class MultirateAdam(MultirateAdamW):
     are those of ``torch.optim.Adam(lr, betas, eps, weight_decay)`` up to rounding.
     """
 
+    direction = staticmethod(F.adam)
+
     def __init__(self, params, lr=1e-3, k=1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  linear_drift=True, foreach=None):
         super().__init__(params, lr=lr, k=k, betas=betas, eps=eps, weight_decay=weight_decay,
                          linear_drift=linear_drift, foreach=foreach)
 
-    def _base_directions(self, group, params, states, foreach):
-        grads = [p.grad for p in params]
-        if group["weight_decay"] != 0:
-            grads = [g.add(p, alpha=group["weight_decay"]) for g, p in zip(grads, params)]
-        return adamw_directions(params, grads, states, betas=group["betas"], eps=group["eps"],
-                                weight_decay=0.0, foreach=foreach)
-
-
-def adamw_directions(params, grads, states, *, betas, eps, weight_decay, foreach):
-    r"""AdamW updates of the moments (in ``states``, in place) and the directions
-    :math:`\hat m / (\sqrt{\hat v} + \epsilon) + \lambda\theta`, as new tensors."""
-    if not params:
-        return []
-    beta1, beta2 = betas
-    for state in states:
-        state["step"] += 1
-    if not foreach:
-        directions = []
-        for p, g, state in zip(params, grads, states):
-            m, v, n = state["exp_avg"], state["exp_avg_sq"], state["step"]
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (v.sqrt() / (1 - beta2**n) ** 0.5).add_(eps)
-            d = (m / (1 - beta1**n)).div_(denom)
-            if weight_decay != 0:
-                d.add_(p, alpha=weight_decay)
-            directions.append(d)
-        return directions
-
-    directions = [None] * len(params)
-    for indices in _by_device_and_dtype(params):
-        ps, gs = [params[i] for i in indices], [grads[i] for i in indices]
-        ms = [states[i]["exp_avg"] for i in indices]
-        vs = [states[i]["exp_avg_sq"] for i in indices]
-        ns = [states[i]["step"] for i in indices]
-        torch._foreach_lerp_(ms, gs, 1 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, [(1 - beta2**n) ** 0.5 for n in ns])
-        torch._foreach_add_(denom, eps)
-        ds = torch._foreach_div(ms, [1 - beta1**n for n in ns])
-        torch._foreach_div_(ds, denom)
-        if weight_decay != 0:
-            torch._foreach_add_(ds, ps, alpha=weight_decay)
-        for i, d in zip(indices, ds):
-            directions[i] = d
-    return directions

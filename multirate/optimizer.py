@@ -1,17 +1,29 @@
-"""Multirate SGD: parameters trained on a fast and a slow time scale (Vlaar & Leimkuhler, ICML 2022)."""
+"""Multirate SGD: parameters trained on a fast and a slow time scale (Vlaar & Leimkuhler, ICML 2022).
 
-import functools
-from collections import defaultdict
+:class:`Multirate` is the cycle, written once for every partition and every base: which entries
+consume their gradient on a step, and how far each one moves. The arithmetic is in
+:mod:`multirate._functional`; layer groups are its unmasked cases (all fast, all slow), random
+subgroups and the random split its masked ones.
+"""
+
 from contextlib import contextmanager
-from fractions import Fraction
 from itertools import chain
 from numbers import Integral
 
 import torch
-from torch import Tensor
 from torch.optim import Optimizer
 
-RATES = ("slow", "fast", "random", "split")
+from multirate import _functional as F
+from multirate import masks
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter value that a multirate optimizer refuses: its ``key``, the ``value``, and
+    the ``requirement`` it fails ("must be ...")."""
+
+    def __init__(self, where: str, key: str, value, requirement: str):
+        self.key, self.value, self.requirement = key, value, requirement
+        super().__init__(f"{where}{key} must be {requirement}, got {value!r}")
 
 
 class Multirate(Optimizer):
@@ -52,11 +64,19 @@ class Multirate(Optimizer):
     A ``"random"`` group is the paper's random-subgroups regulariser: on each slow step every entry
     of its tensors is drawn slow with probability exactly ``slow_fraction``, independently (one
     ``torch.Generator`` per group, seeded from ``seed``, its state kept in the first tensor's
-    ``state``; see :func:`bernoulli`). During the cycle's k-1 fast steps those entries are zero in
-    the model and frozen (value and momentum kept aside); the others take fast steps. At the next
-    slow step they are restored, consume the gradient taken at the full network and move
-    :math:`h p` at once, while the other entries move :math:`\tfrac{h}{k} p`; then the next subset
-    is drawn. Random groups take no linear drift.
+    ``state``; see :func:`multirate.masks.bernoulli`). During the cycle's k-1 fast steps those
+    entries are zero in the model and frozen (value and momentum kept aside); the others take fast
+    steps. At the next slow step they are restored, consume the gradient taken at the full network
+    and move :math:`h p` at once, while the other entries move :math:`\tfrac{h}{k} p`; then the next
+    subset is drawn. Random groups take no linear drift.
+
+    The paper says the subset is zero "during the k fast steps". Read literally
+    (``zero_slow_every_step=True``), the slow entries stay zero on all k steps of their cycle: the
+    gradient they consume at the next slow step is taken at the network without them, and they are
+    restored only inside that ``step()``, before consuming it (the other entries move as above).
+    The default (False) zeroes them on the k-1 fast steps only, so that the one gradient they
+    consume is taken at the full network, as Algorithm 1 takes every slow gradient at the current
+    parameters; it is the reading every recorded result was trained with.
 
     A ``"split"`` group (:func:`multirate.partition.random_split`) is a fixed elementwise split:
     in each tensor exactly ``round(slow_fraction * n)`` entries are slow, drawn once from ``seed``
@@ -79,15 +99,20 @@ class Multirate(Optimizer):
         slow_fraction: fraction of the entries of a ``"random"`` (``"split"``) group that are
             slow in each cycle (for good).
         seed: seed for the masks of ``"random"`` and ``"split"`` groups.
+        zero_slow_every_step: keep a ``"random"`` group's slow entries zero on every step of
+            their cycle, the slow step's gradient included (see above).
         foreach: use the multi-tensor ``torch._foreach_*`` path (default) or a for-loop; both give
             identical iterates.
     """
 
+    rates = ("slow", "fast", "random", "split")  # the rates this base supports
+
     def __init__(self, params, lr=1e-3, k=1, momentum=0.0, weight_decay=0.0, linear_drift=True,
-                 slow_fraction=0.5, seed=0, foreach=None, nesterov=False):
+                 slow_fraction=0.5, seed=0, foreach=None, nesterov=False, zero_slow_every_step=False):
         self._setup(params, dict(lr=lr, k=k, momentum=momentum, weight_decay=weight_decay,
                                  linear_drift=linear_drift, slow_fraction=slow_fraction, seed=seed,
-                                 foreach=foreach, nesterov=nesterov))
+                                 foreach=foreach, nesterov=nesterov,
+                                 zero_slow_every_step=zero_slow_every_step))
 
     def _setup(self, params, hyperparameters):
         """The constructor every base shares: its hyperparameters' defaults, then the checks."""
@@ -100,7 +125,7 @@ class Multirate(Optimizer):
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        self._check_group(group, index=len(self.param_groups) - 1)
+        self.check_group(group, where=f"param group {len(self.param_groups) - 1}: ")
         first = self.param_groups[0]
         if group["k"] != first["k"]:
             raise ValueError(f"k must be the same in every param group: got {group['k']} "
@@ -108,9 +133,37 @@ class Multirate(Optimizer):
         # A group added mid-training joins the running cycle.
         group["step"] = first["step"]
 
-    def _check_group(self, group, index):
-        """Raise ValueError for an impossible hyperparameter (subclasses with another base override it)."""
-        _check_group(group, index)
+    @classmethod
+    def check_group(cls, group: dict, where: str = "") -> None:
+        """Raise :class:`HyperparameterError` for a value of ``group`` that this optimizer refuses:
+        the cycle's hyperparameters, then the base's (:meth:`base_checks`)."""
+        rate, k = group["rate"], group["k"]
+        if rate not in cls.rates:
+            raise HyperparameterError(where, "rate", rate, f"one of {cls.rates}" + (
+                ": random subgroups need the SGD base (Multirate), and so does the random split"
+                if rate in Multirate.rates else ""))
+        checks = [  # (key, ok, requirement); `x >= 0` rather than `not x < 0`, so that NaN fails
+            ("k", not isinstance(k, bool) and isinstance(k, Integral) and k >= 1, "a positive integer"),
+            ("lr", group["lr"] >= 0, "non-negative"),
+            ("weight_decay", group["weight_decay"] >= 0, "non-negative"),
+        ]
+        if "slow_fraction" in group:
+            checks.append(("slow_fraction", 0 < group["slow_fraction"] < 1, "in (0, 1)"))
+        if "zero_slow_every_step" in group:
+            checks.append(("zero_slow_every_step", isinstance(group["zero_slow_every_step"], bool),
+                           "True or False"))
+        if rate == "random":
+            checks.append(("linear_drift", not group["linear_drift"],
+                           "False in a 'random' group (its slow entries stand at zero on fast steps)"))
+        for key, ok, requirement in [*checks, *cls.base_checks(group)]:
+            if not ok:
+                raise HyperparameterError(where, key, group[key], requirement)
+
+    @classmethod
+    def base_checks(cls, group: dict) -> list[tuple[str, bool, str]]:
+        """The base's own checks, (key, ok, requirement) each: heavy ball and Nesterov here."""
+        return [("momentum", 0 <= group["momentum"] < 1, "in [0, 1)"),
+                ("nesterov", not (group["nesterov"] and group["momentum"] == 0), "False when momentum = 0")]
 
     def load_state_dict(self, state_dict):
         # torch casts every state tensor to its parameter's dtype: keep masks and RNG states exact.
@@ -148,18 +201,17 @@ class Multirate(Optimizer):
     @contextmanager
     def full_weights(self):
         """Put the zeroed entries of random groups back for a while, e.g. to evaluate mid-cycle."""
-        zeroed = not self.is_slow_step
+        random = [group for group in self.param_groups if group["rate"] == "random"]
+        zeroed = [self._zeroed(group) for group in random]
         with torch.no_grad():
-            for group in self.param_groups:
-                if group["rate"] == "random":
-                    self._set_masked(group, zeroed=False)
+            for group in random:
+                self._set_masked(group, zeroed=False)
         try:
             yield
         finally:
             with torch.no_grad():
-                for group in self.param_groups:
-                    if group["rate"] == "random":
-                        self._set_masked(group, zeroed=zeroed)
+                for group, was_zeroed in zip(random, zeroed):
+                    self._set_masked(group, zeroed=was_zeroed)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -172,46 +224,108 @@ class Multirate(Optimizer):
             return loss  # nothing to consume: no parameter moves and the cycle waits, as with SGD
         slow_step = self.is_slow_step
         for group in self.param_groups:
-            if group["rate"] == "random":
-                self._random_step(group, slow_step)
-            elif group["rate"] == "split":
-                self._split_step(group, slow_step)
+            if slow_step:
+                if group["rate"] == "random":  # still zero with zero_slow_every_step: back to consume
+                    self._set_masked(group, zeroed=False)
+                self._slow_step(group)
             else:
-                self._layer_step(group, slow_step)
+                self._fast_step(group)
             group["step"] += 1
-        next_slow = self.is_slow_step
         for group in self.param_groups:
             if group["rate"] == "random":
-                self._set_masked(group, zeroed=not next_slow)
+                self._set_masked(group, zeroed=self._zeroed(group))
         return loss
 
-    def _layer_step(self, group, slow_step):
-        """The cycle of a fast or slow group, for every base: which parameters move, by what, when."""
-        lr, k, foreach = group["lr"], group["k"], group["foreach"] is not False
-        fast = group["rate"] == "fast"
-        if fast or slow_step:  # consume the gradients: the base's directions
-            params = [p for p in group["params"] if p.grad is not None]
-            directions = self._directions(group, params, slow=not fast, foreach=foreach)
-            if not fast:
-                _mark_idle(self.state, group["params"])
-        if fast:
-            move(params, directions, lr / k, foreach=foreach)
-        elif group["linear_drift"]:  # every step, along the direction frozen at the slow step
-            key = self._frozen_key(group)
-            drifting = [p for p in group["params"] if key in self.state[p] and not self.state[p].get("idle")]
-            move(drifting, [self.state[p][key] for p in drifting], lr / k, foreach=foreach)
-        elif slow_step:
-            move(params, directions, lr, foreach=foreach)
+    def _slow_step(self, group):
+        """Every entry consumes its gradient. Fast entries move h/k; slow ones move h/k too and keep
+        their direction for the cycle's drift, or without drift jump h at once."""
+        lr, k, rate, foreach = group["lr"], group["k"], group["rate"], group["foreach"] is not False
+        if rate == "split" and "mask" not in self.state[group["params"][0]]:
+            self._set_masks(group, masks.draw_split(group["params"], group["slow_fraction"], group["seed"]))
+        params = [p for p in group["params"] if p.grad is not None]
+        # Slow entries that can drift keep their direction; random ones stand at zero instead.
+        drifts = rate in ("slow", "split")
+        directions = self._directions(group, params, slow=drifts, foreach=foreach)
+        if drifts:
+            _mark_idle(self.state, group["params"])
+        if rate == "fast" or group["linear_drift"] or k == 1:
+            F.move(params, directions, lr / k, foreach=foreach)
+        elif rate == "slow":
+            F.move(params, directions, lr, foreach=foreach)
+        else:  # masked: slow entries h, fast ones h / k (exact: the masks are 0/1)
+            for p, d in zip(params, directions):
+                if "mask" in self.state[p]:
+                    slow, fast, _ = self._masks(p, group["momentum"])
+                    p.addcmul_(d, fast, value=-lr / k).addcmul_(d, slow, value=-lr)
+                else:  # a random group's tensor before its first subset: all fast
+                    p.add_(d, alpha=-lr / k)
+        if rate == "random" and k > 1:
+            self._draw_subgroups(group)
+
+    def _fast_step(self, group):
+        """Fast entries consume their gradient and move h/k; slow entries keep their buffers and
+        drift h/k along their frozen direction, or stand (without drift, or zeroed)."""
+        lr, k, rate, foreach = group["lr"], group["k"], group["rate"], group["foreach"] is not False
+        if rate == "slow":
+            if group["linear_drift"]:
+                self._drift(group, group["params"])
+            return
+        params = [p for p in group["params"] if p.grad is not None]
+        plain = params if rate == "fast" else [p for p in params if "mask" not in self.state[p]]
+        F.move(plain, self._directions(group, plain, slow=False, foreach=foreach), lr / k, foreach=foreach)
+        if rate == "fast":
+            return
+        for p in params:
+            if "mask" in self.state[p]:
+                self._masked_fast_step(group, p)
+        if rate == "split" and group["linear_drift"]:  # the others drift inside _masked_fast_step
+            self._drift(group, [p for p in group["params"] if p.grad is None])
+
+    def _masked_fast_step(self, group, p):
+        """A fast step of one masked tensor: :func:`multirate._functional.masked_sgd`, then the move."""
+        state, lr, k = self.state[p], group["lr"], group["k"]
+        slow, fast, decay = self._masks(p, group["momentum"])
+        zeroed = group["rate"] == "random"
+        buf, d = F.masked_sgd(p, p.grad, state.get("momentum_buffer"), fast, decay,
+                              momentum=group["momentum"], weight_decay=group["weight_decay"],
+                              keep_buffer=not zeroed, nesterov=group["nesterov"], zeroed=zeroed)
+        if buf is not None:
+            state["momentum_buffer"] = buf
+        if zeroed:  # the slow entries stand at zero: only the fast ones move
+            p.addcmul_(d, fast, value=-lr / k)
+            return
+        # Split: the slow entries drift along their frozen direction (a heavy-ball buffer holds it
+        # at the slow entries), or stand without drift.
+        if group["nesterov"]:
+            d.mul_(fast)
+            if group["linear_drift"]:
+                d.addcmul_(state["nesterov_direction"], slow)
+        elif not group["linear_drift"]:
+            d = d * fast
+        p.add_(d, alpha=-lr / k)
+
+    def _drift(self, group, params):
+        """The slow entries of ``params`` move h/k along the direction frozen at their slow step
+        (none that had no gradient then)."""
+        key, step_size = self._frozen_key(group), group["lr"] / group["k"]
+        drifting = [p for p in params if key in self.state[p] and not self.state[p].get("idle")]
+        if group["rate"] == "slow":
+            F.move(drifting, [self.state[p][key] for p in drifting], step_size,
+                   foreach=group["foreach"] is not False)
+            return
+        for p in drifting:
+            slow, _, _ = self._masks(p, group["momentum"])
+            p.addcmul_(self.state[p][key], slow, value=-step_size)
 
     def _directions(self, group, params, *, slow, foreach):
         """The base's directions for ``params`` from their gradients, updating its state (and, for
-        a slow group, keeping the direction under ``_frozen_key``). Heavy ball or Nesterov here."""
+        slow entries, keeping the direction under ``_frozen_key``). Heavy ball or Nesterov here."""
         bufs = [self.state[p].get("momentum_buffer") for p in params]
         # A slow buffer is kept even without momentum: it is the frozen drift direction.
         keep = group["momentum"] != 0 or slow
-        directions = consume(params, [p.grad for p in params], bufs, momentum=group["momentum"],
-                             weight_decay=group["weight_decay"], keep_buffers=keep, foreach=foreach,
-                             nesterov=group["nesterov"])
+        directions = F.sgd(params, [p.grad for p in params], bufs, momentum=group["momentum"],
+                           weight_decay=group["weight_decay"], keep_buffers=keep, foreach=foreach,
+                           nesterov=group["nesterov"])
         if keep:
             for p, buf in zip(params, bufs):
                 self.state[p]["momentum_buffer"] = buf
@@ -225,105 +339,7 @@ class Multirate(Optimizer):
         """The state key of a slow parameter's direction, frozen for its cycle."""
         return "nesterov_direction" if group["nesterov"] else "momentum_buffer"
 
-    def _random_step(self, group, slow_step):
-        lr, k, momentum, weight_decay = group["lr"], group["k"], group["momentum"], group["weight_decay"]
-        params = [p for p in group["params"] if p.grad is not None]
-        if slow_step:
-            # The full network's gradient: every entry consumes it, as with SGD.
-            bufs = [self.state[p].get("momentum_buffer") for p in params]
-            directions = consume(params, [p.grad for p in params], bufs, momentum=momentum,
-                                 weight_decay=weight_decay, keep_buffers=momentum != 0,
-                                 foreach=group["foreach"] is not False, nesterov=group["nesterov"])
-            for p, buf, d in zip(params, bufs, directions):
-                if momentum != 0:
-                    self.state[p]["momentum_buffer"] = buf
-                if "mask" in self.state[p]:
-                    # Last cycle's slow entries move h, the others h / k (exact: the masks are 0/1).
-                    slow, fast, _ = self._masks(p, momentum)
-                    p.addcmul_(d, fast, value=-lr / k).addcmul_(d, slow, value=-lr)
-                else:  # no mask yet: the first cycle (and every step with k = 1)
-                    p.add_(d, alpha=-lr / k)
-            if k > 1:
-                self._draw_masks(group)
-            return
-        for p in params:
-            state = self.state[p]
-            if "mask" not in state:  # a group added mid-cycle: all fast until its first slow step
-                bufs = [state.get("momentum_buffer")]
-                directions = consume([p], [p.grad], bufs, momentum=momentum, weight_decay=weight_decay,
-                                     keep_buffers=momentum != 0, foreach=False, nesterov=group["nesterov"])
-                if momentum != 0:
-                    state["momentum_buffer"] = bufs[0]
-                p.add_(directions[0], alpha=-lr / k)
-                continue
-            # Slow entries sit at zero: their gradient is ignored and their momentum frozen.
-            _, fast, decay = self._masks(p, momentum)
-            buf = state.get("momentum_buffer")
-            if momentum == 0 or group["nesterov"] or buf is None:
-                d = p.grad * fast
-                if weight_decay != 0:
-                    d.add_(p, alpha=weight_decay)  # zero at the slow entries, as p is
-                update = d
-                if momentum != 0:
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(decay).add_(d)  # decay: momentum at fast entries, 1 at slow ones
-                    update = d.add(buf, alpha=momentum) if group["nesterov"] else buf
-            else:  # heavy ball, the same in fewer passes
-                buf.mul_(decay).addcmul_(p.grad, fast)
-                if weight_decay != 0:
-                    buf.add_(p, alpha=weight_decay)
-                update = buf
-            p.addcmul_(update, fast, value=-lr / k)
-
-    def _split_step(self, group, slow_step):
-        lr, k, momentum, weight_decay = group["lr"], group["k"], group["momentum"], group["weight_decay"]
-        if "mask" not in self.state[group["params"][0]]:
-            _draw_split(self.state, group)
-        drift, nesterov = group["linear_drift"], group["nesterov"]
-        params = [p for p in group["params"] if p.grad is not None]
-        if slow_step:  # every entry consumes the gradient; the slow entries' direction is frozen
-            bufs = [self.state[p].get("momentum_buffer") for p in params]
-            directions = consume(params, [p.grad for p in params], bufs, momentum=momentum,
-                                 weight_decay=weight_decay, keep_buffers=True,
-                                 foreach=group["foreach"] is not False, nesterov=nesterov)
-            for p, buf, d in zip(params, bufs, directions):
-                state = self.state[p]
-                state["momentum_buffer"] = buf
-                if nesterov:
-                    state["nesterov_direction"] = d
-                if drift or k == 1:  # all entries h / k now
-                    p.add_(d, alpha=-lr / k)
-                else:  # slow entries jump h, fast ones h / k
-                    slow, fast, _ = self._masks(p, momentum)
-                    p.addcmul_(d, fast, value=-lr / k).addcmul_(d, slow, value=-lr)
-            _mark_idle(self.state, group["params"])
-            return
-        for p in params:  # fast entries step; slow entries drift along their frozen direction
-            state = self.state[p]
-            slow, fast, decay = self._masks(p, momentum)
-            d = p.grad * fast
-            if weight_decay != 0:
-                d.addcmul_(p, fast, value=weight_decay)
-            buf = state["momentum_buffer"]
-            buf.mul_(decay).add_(d)  # momentum at the fast entries; the slow ones stay frozen
-            if nesterov:
-                update = d.add_(buf, alpha=momentum).mul_(fast)
-                if drift:
-                    update.addcmul_(state["nesterov_direction"], slow)
-            else:
-                update = buf if drift else buf * fast
-            p.add_(update, alpha=-lr / k)
-        if drift:  # slow entries drift on without a gradient; only idle tensors (none on the slow step) stop
-            for p in group["params"]:
-                state = self.state[p]
-                if p.grad is None and "momentum_buffer" in state and not state.get("idle"):
-                    slow, _, _ = self._masks(p, momentum)
-                    key = "nesterov_direction" if nesterov else "momentum_buffer"
-                    p.addcmul_(state[key], slow, value=-lr / k)
-
-    def _draw_masks(self, group):
+    def _draw_subgroups(self, group):
         """The next cycle's slow entries of every tensor of a random group, from one generator."""
         params = group["params"]
         first = self.state[params[0]]
@@ -332,13 +348,19 @@ class Multirate(Optimizer):
             generator.set_state(first["rng_state"].cpu())
         else:
             generator.manual_seed(group["seed"])
-        for p in params:
-            self.state[p]["mask"] = bernoulli(p.numel(), group["slow_fraction"], generator,
-                                              device=p.device).view(p.shape)
+        self._set_masks(group, masks.draw_subgroups(params, group["slow_fraction"], generator))
         first["rng_state"] = generator.get_state()
 
+    def _set_masks(self, group, new):
+        for p, mask in zip(group["params"], new):
+            self.state[p]["mask"] = mask
+
+    def _zeroed(self, group):
+        """Whether a random group's slow entries are zero in the model between steps."""
+        return group["zero_slow_every_step"] or not self.is_slow_step
+
     def _masks(self, p, momentum):
-        """(slow, fast, decay) of a random-group tensor: its mask as 0/1 floats, the complement,
+        """(slow, fast, decay) of a masked tensor: its mask as 0/1 floats, the complement,
         and the momentum factor (``momentum`` at fast entries, 1 at slow ones), made once per
         cycle into buffers kept for the next cycles. Multiplying by 0 or 1 is exact, and several
         times faster than indexing or torch.where on CPU."""
@@ -374,16 +396,6 @@ class Multirate(Optimizer):
                     p.masked_scatter_(s["mask"], stash)
 
 
-def _draw_split(state, group):
-    """A split group's masks, drawn once: exactly round(slow_fraction * n) slow entries per tensor."""
-    generator = torch.Generator().manual_seed(group["seed"])
-    for p in group["params"]:
-        n = p.numel()
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[torch.randperm(n, generator=generator)[:round(group["slow_fraction"] * n)]] = True
-        state[p]["mask"] = mask.view(p.shape).to(p.device)
-
-
 def _mark_idle(state, params):
     """On a slow step, mark the slow parameters without a gradient: no drift (nor jump) this cycle."""
     for p in params:
@@ -392,173 +404,3 @@ def _mark_idle(state, params):
         elif p in state and state[p]:
             state[p]["idle"] = True
 
-
-def bernoulli(n, fraction, generator, *, device) -> Tensor:
-    r"""``n`` independent booleans, each True with probability exactly ``fraction``.
-
-    Each entry compares a uniform :math:`U = 0.u_1u_2\dots` in base 256 (one random byte
-    :math:`u_i` per digit, 8 bytes per 64-bit word of ``generator``) with the expansion of
-    ``fraction`` (finite for a float), digit by digit: True when :math:`U <` ``fraction``. The first
-    byte decides all but 1/256 of the entries; only the ties draw further bytes. Random bytes are
-    several times cheaper than random floats.
-    """
-    digits = _base256_digits(fraction)
-    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
-    u = words.random_(-2**63, None, generator=generator).view(torch.uint8)
-    # uint8 0/1 rather than bool: comparisons into uint8 are several times faster on CPU.
-    out = torch.lt(u[:n], digits[0], out=torch.empty(n, dtype=torch.uint8, device=device))
-    if len(digits) == 1:
-        return out.view(torch.bool)  # a tie on the last digit means U >= fraction: False
-    # The ties, found word by word (a byte-wise nonzero over n entries costs more than the draw):
-    # the words that hold one (a few per cent), then the (word, byte) of each, in order.
-    tied = torch.eq(u, digits[0], out=torch.empty_like(u))
-    tied[n:] = 0
-    tied_words = tied.view(torch.int64)
-    hit = tied_words.nonzero().flatten()
-    at = tied_words[hit].view(torch.uint8).view(-1, 8).nonzero()
-    ties = hit[at[:, 0]] * 8 + at[:, 1]
-    for digit in digits[1:]:
-        if ties.numel() == 0:
-            break
-        words = torch.empty((ties.numel() + 7) // 8, dtype=torch.int64, device=device)
-        u = words.random_(-2**63, None, generator=generator).view(torch.uint8)[:ties.numel()]
-        out[ties[u < digit]] = 1
-        ties = ties[u == digit]
-    return out.view(torch.bool)  # entries tied on every digit have U >= fraction: False
-
-
-@functools.lru_cache(maxsize=64)
-def _base256_digits(fraction: float) -> tuple[int, ...]:
-    """The digits of ``fraction`` in base 256 (finite for a float), once per fraction: exact
-    rational arithmetic costs more than the comparisons it sets up."""
-    digits, rest = [], Fraction(fraction)
-    while rest:
-        rest *= 256
-        digits.append(int(rest))
-        rest -= int(rest)
-    return tuple(digits)
-
-
-def consume(params, grads, momentum_buffer_list, *, momentum, weight_decay, keep_buffers, foreach,
-            nesterov=False):
-    r"""Fold gradients into momentum: :math:`p \leftarrow \mu p + d` with :math:`d = g + \lambda\theta`.
-
-    Buffers are updated in place; a ``None`` entry of ``momentum_buffer_list`` is replaced by a new
-    buffer (the first direction). Without ``keep_buffers`` and without momentum the directions are
-    the decayed gradients themselves. Returns the directions: the buffers, or with ``nesterov``
-    new tensors :math:`d + \mu p`.
-    """
-    if not params:
-        return []
-    if not foreach:
-        directions = []
-        for i, (p, g) in enumerate(zip(params, grads)):
-            d = g.add(p, alpha=weight_decay) if weight_decay != 0 else g
-            if momentum == 0 and not keep_buffers:
-                directions.append(d)
-                continue
-            buf = momentum_buffer_list[i]
-            if buf is None or momentum == 0:
-                buf = momentum_buffer_list[i] = d.detach().clone()
-            else:
-                buf.mul_(momentum).add_(d)
-            directions.append(d.add(buf, alpha=momentum) if nesterov else buf)
-        return directions
-
-    directions = [None] * len(params)
-    for indices in _by_device_and_dtype(params):
-        ps, gs = [params[i] for i in indices], [grads[i] for i in indices]
-        ds = torch._foreach_add(gs, ps, alpha=weight_decay) if weight_decay != 0 else gs
-        if momentum == 0 and not keep_buffers:
-            for i, d in zip(indices, ds):
-                directions[i] = d
-            continue
-        old = [j for j, i in enumerate(indices) if momentum != 0 and momentum_buffer_list[i] is not None]
-        if old:
-            bufs = [momentum_buffer_list[indices[j]] for j in old]
-            torch._foreach_mul_(bufs, momentum)
-            torch._foreach_add_(bufs, [ds[j] for j in old])
-        old = set(old)
-        for j, i in enumerate(indices):
-            if j not in old:
-                momentum_buffer_list[i] = ds[j].detach().clone()
-            directions[i] = momentum_buffer_list[i]
-        if nesterov:
-            ahead = torch._foreach_add(list(ds), [directions[i] for i in indices], alpha=momentum)
-            for i, d in zip(indices, ahead):
-                directions[i] = d
-    return directions
-
-
-def move(params, directions, step_size, *, foreach):
-    r""":math:`\theta \leftarrow \theta - \eta\, p` for every parameter."""
-    if not params:
-        return
-    if not foreach:
-        for p, d in zip(params, directions):
-            p.add_(d, alpha=-step_size)
-        return
-    for indices in _by_device_and_dtype(params):
-        torch._foreach_add_([params[i] for i in indices], [directions[i] for i in indices],
-                            alpha=-step_size)
-
-
-def _by_device_and_dtype(tensors):
-    """Indices of ``tensors`` grouped so that each group can go to one ``_foreach`` kernel."""
-    groups = defaultdict(list)
-    for i, t in enumerate(tensors):
-        groups[(t.device, t.dtype)].append(i)
-    return groups.values()
-
-
-def check_hyperparameters(base: str = "sgd", **hyperparameters) -> None:
-    """Raise ValueError, naming the hyperparameter, for a value that the multirate optimizer with
-    this base (``"sgd"``: :class:`Multirate`, ``"adamw"``: :class:`MultirateAdamW`, ``"adam"``:
-    :class:`MultirateAdam`) would refuse;
-    no model needed. Hyperparameters not given take the optimizer's defaults; ``rate`` is
-    ``"fast"`` unless given, e.g. ``check_hyperparameters("sgd", k=5, momentum=0.9)``."""
-    import inspect
-
-    from multirate.adamw import MultirateAdam, MultirateAdamW
-
-    classes = {"sgd": Multirate, "adamw": MultirateAdamW, "adam": MultirateAdam}
-    if base not in classes:
-        raise ValueError(f"base must be one of {tuple(classes)}, got {base!r}")
-    cls = classes[base]
-    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    unknown = sorted(set(hyperparameters) - set(defaults) - {"rate"})
-    if unknown:
-        raise ValueError(f"unknown hyperparameter(s) {unknown} for base {base!r}; known: {sorted(defaults)}")
-    group = {**defaults, "rate": "fast", **hyperparameters}
-    if "betas" in group:
-        group["betas"] = tuple(group["betas"])
-    cls._check_group(None, group, 0)
-
-
-def _check_common(group, where):
-    """The checks every base shares."""
-    k = group["k"]
-    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
-        raise ValueError(f"{where}: k must be a positive integer, got {k!r}")
-    if not group["lr"] >= 0:
-        raise ValueError(f"{where}: lr must be non-negative, got {group['lr']!r}")
-    if not group["weight_decay"] >= 0:
-        raise ValueError(f"{where}: weight_decay must be non-negative, got {group['weight_decay']!r}")
-
-
-def _check_group(group, index):
-    where = f"param group {index}"
-    if group["rate"] not in RATES:
-        raise ValueError(f"{where}: rate must be one of {RATES}, got {group['rate']!r}")
-    _check_common(group, where)
-    if not 0 <= group["momentum"] < 1:
-        raise ValueError(f"{where}: momentum must be in [0, 1), got {group['momentum']!r}")
-    if group["nesterov"] and group["momentum"] == 0:
-        raise ValueError(f"{where}: nesterov needs momentum > 0")
-    if group["rate"] in ("random", "split"):
-        if not 0 < group["slow_fraction"] < 1:
-            raise ValueError(f"{where}: slow_fraction must be in (0, 1), got {group['slow_fraction']!r}")
-        if group["rate"] == "random" and group["linear_drift"]:
-            raise ValueError(f"{where}: a 'random' group's slow entries are frozen during fast steps; "
-                             "set linear_drift=False for it")

@@ -55,18 +55,21 @@ def weights_and_biases(model: nn.Module, fast: str = "biases") -> list[dict]:
     return _groups(slow=biases, fast=weights)
 
 
-def random_subgroups(model: nn.Module, slow_fraction: float = 0.5, seed: int = 0) -> list[dict]:
+def random_subgroups(model: nn.Module, slow_fraction: float = 0.5, seed: int = 0,
+                     zero_slow_every_step: bool = False) -> list[dict]:
     """The regularisation variant: random entries of every weight matrix are slow each cycle.
 
     Weights with two or more dimensions form a ``"random"`` group (a fresh random
     ``slow_fraction`` of their entries is zeroed and frozen for each cycle's fast steps, then
-    restored and moved with step size h); biases and other one-dimensional parameters are fast.
+    restored and moved with step size h; with ``zero_slow_every_step`` zero on the slow step's
+    gradient too, see :class:`multirate.Multirate`); biases and other one-dimensional parameters
+    are fast.
     """
     named = _trainable(model)
     matrices = [p for p in named.values() if p.dim() >= 2]
     vectors = [p for p in named.values() if p.dim() < 2]
     groups = [dict(params=matrices, rate="random", slow_fraction=slow_fraction, seed=seed,
-                   linear_drift=False)]
+                   linear_drift=False, zero_slow_every_step=zero_slow_every_step)]
     if vectors:
         groups.append(dict(params=vectors, rate="fast"))
     return groups

@@ -121,12 +121,13 @@ def test_is_slow_step_cycle():
     assert pattern == [True, False, False, True, False, False, True]
 
 
-@pytest.mark.parametrize("groups", ["layerwise", "random"])
+@pytest.mark.parametrize("groups", ["layerwise", "random", "random_zero_every_step"])
 @pytest.mark.parametrize("steps_before_save", [4, 5, 6])
 def test_state_dict_lockstep(groups, steps_before_save):
     def make(net):
         parts = (partition.layerwise(net, ["4"]) if groups == "layerwise"
-                 else partition.random_subgroups(net, 0.4, seed=3))
+                 else partition.random_subgroups(net, 0.4, seed=3,
+                                                 zero_slow_every_step=groups == "random_zero_every_step"))
         drift = groups == "layerwise"
         return Multirate(parts, lr=0.1, k=3, momentum=0.9, weight_decay=1e-3, linear_drift=drift)
 
@@ -176,6 +177,46 @@ def test_random_subgroups_zero_and_restore():
         torch.testing.assert_close(w.detach(), expected)
     assert torch.all(w[new_mask] == 0)
     assert not torch.equal(mask, new_mask)
+
+
+@pytest.mark.parametrize("zero_slow_every_step", [False, True])
+def test_zero_slow_every_step_takes_the_slow_gradient_without_them(zero_slow_every_step):
+    """By default the slow entries are zero on the cycle's k - 1 fast steps and back for the slow
+    step, whose gradient they consume; with zero_slow_every_step they stay zero on all k steps,
+    that gradient included, and come back only inside the slow step's update."""
+    w = nn.Parameter(torch.arange(1.0, 101.0).reshape(10, 10))
+    start = w.detach().clone()
+    opt = Multirate([{"params": [w], "rate": "random", "slow_fraction": 0.3, "linear_drift": False,
+                      "zero_slow_every_step": zero_slow_every_step}], lr=0.3, k=3)
+    zero = []
+    for _ in range(3):  # one cycle; the loss is |w|^2 / 2, so the gradient is w as the model holds it
+        w.grad = w.detach().clone()
+        opt.step()
+        zero.append(bool(torch.all(w[opt.state[w]["mask"]] == 0)))
+    mask = opt.state[w]["mask"]
+    assert zero == [True, True, zero_slow_every_step]
+    with opt.full_weights():  # the slow entries' values, kept aside: 0.9 w after the first step
+        torch.testing.assert_close(w[mask], 0.9 * start[mask])
+    assert torch.all(w[mask] == 0) == zero_slow_every_step
+    w.grad = w.detach().clone()
+    opt.step()  # slow step: last cycle's slow entries consume h * g at once
+    with opt.full_weights():
+        # Default: g = 0.9 w0 at the full network, so 0.9 w0 - 0.3 * 0.9 w0 = 0.63 w0. Literal: the
+        # gradient was taken with them at zero, g = 0: they come back where they were.
+        expected = 0.63 * start[mask] if not zero_slow_every_step else 0.9 * start[mask]
+        torch.testing.assert_close(w[mask], expected)
+        torch.testing.assert_close(w[~mask], 0.9**4 * start[~mask])  # h/k = 0.1 on all four steps
+    assert torch.all(w[opt.state[w]["mask"]] == 0)  # the next subset is out of the model in both
+
+
+def test_zero_slow_every_step_is_a_hyperparameter():
+    net = small_net()
+    opt = Multirate(partition.random_subgroups(net, 0.3, zero_slow_every_step=True), lr=0.1, k=3)
+    assert [g["zero_slow_every_step"] for g in opt.state_dict()["param_groups"]] == [True, False]
+    default = Multirate(partition.random_subgroups(net, 0.3), lr=0.1, k=3)
+    assert default.param_groups[0]["zero_slow_every_step"] is False
+    with pytest.raises(ValueError, match="zero_slow_every_step must be True or False"):
+        Multirate(partition.random_subgroups(net, 0.3), lr=0.1, k=3, zero_slow_every_step="yes")
 
 
 def test_random_masks_reproducible_from_seed():
@@ -235,7 +276,7 @@ def test_bad_groups():
         Multirate([{"params": [a], "rate": "slow", "k": 2}, {"params": [b], "rate": "fast"}], k=3)
     with pytest.raises(ValueError, match="slow_fraction"):
         Multirate([{"params": [a], "rate": "random", "linear_drift": False, "slow_fraction": 1.0}])
-    with pytest.raises(ValueError, match="set linear_drift=False"):
+    with pytest.raises(ValueError, match="linear_drift must be False in a .random. group"):
         Multirate([{"params": [a], "rate": "random"}])
 
 
@@ -245,7 +286,7 @@ def test_bad_groups():
 def test_bernoulli_has_exactly_the_fraction_in_expectation(fraction):
     # 0.5/256 and 255.5/256 are decided by the second byte on the 1/256 of entries that tie on the
     # first: a draw that ignored ties would give 0 or 1/256 (or 255/256 and 1).
-    from multirate.optimizer import bernoulli
+    from multirate.masks import bernoulli
 
     n = 2_000_000
     draws = bernoulli(n, fraction, torch.Generator().manual_seed(7), device="cpu")
@@ -255,7 +296,7 @@ def test_bernoulli_has_exactly_the_fraction_in_expectation(fraction):
 
 
 def test_bernoulli_is_seeded_and_resumable():
-    from multirate.optimizer import bernoulli
+    from multirate.masks import bernoulli
 
     def draw(g):
         return bernoulli(1000, 0.3, g, device="cpu")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from multirate import Multirate, MultirateAdam, MultirateAdamW, TrainStep, partition
+from multirate import BASES, Multirate, MultirateAdam, MultirateAdamW, TrainStep, partition
 from tests import helpers
 from tests.helpers import assert_lockstep, cycle_reference, quadratic_grads, train
 
@@ -220,7 +220,8 @@ def test_train_step_saves_compute_with_adamw():
     (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], betas=(0.9, 1.0)), "betas"),
     (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], eps=-1.0), "eps"),
     (lambda p: MultirateAdamW([{"params": [p], "rate": "fast"}], k=0), "k must be a positive integer"),
-    (lambda p: Multirate([{"params": [p], "rate": "fast"}], nesterov=True), "nesterov needs momentum"),
+    (lambda p: Multirate([{"params": [p], "rate": "fast"}], nesterov=True),
+     "nesterov must be False when momentum = 0"),
 ])
 def test_bad_hyperparameters(make, message):
     with pytest.raises(ValueError, match=message):
@@ -271,21 +272,75 @@ def test_new_config_fields_keep_old_run_names():
     changed = [dict(nesterov=True), dict(betas=[0.9, 0.99]), dict(eps=1e-6)]
     names = {cfg.run_name, *(dataclasses.replace(cfg, **c).run_name for c in changed)}
     assert len(names) == 4
+    random = dataclasses.replace(cfg, partition="random_subgroups")
+    assert dataclasses.replace(random, zero_slow_every_step=True).run_name != random.run_name
 
 
 @pytest.mark.parametrize("kwargs,key", [
     (dict(nesterov=True, momentum=0.0), "nesterov"),
-    (dict(betas=[0.9]), "betas"),
-    (dict(betas=[0.9, 1.0]), "betas"),
-    (dict(eps=-1.0), "eps"),
+    (dict(optimizer="adamw", betas=[0.9]), "betas"),
+    (dict(optimizer="multirate_adamw", betas=[0.9, 1.0]), "betas"),
+    (dict(optimizer="adamw", eps=-1.0), "eps"),
     (dict(optimizer="multirate_adamw", partition="random_subgroups"), "partition"),
+    (dict(optimizer="multirate_adamw", partition="random_split"), "partition"),
     (dict(optimizer="adam"), "optimizer"),
+    (dict(optimizer="multirate", partition="random_subgroups", slow_fraction=1.0), "slow_fraction"),
+    (dict(optimizer="multirate", partition="layerwise", zero_slow_every_step=True), "zero_slow_every_step"),
 ])
 def test_bad_config_values(kwargs, key):
     from experiments.config import RunConfig
 
     with pytest.raises(ValueError, match=f"invalid {key}="):
         RunConfig(**kwargs)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "multirate"])
+@pytest.mark.parametrize("partition_name", ["layerwise", "random_subgroups", "random_split"])
+@pytest.mark.parametrize("field,value", [
+    ("slow_fraction", 0.0), ("slow_fraction", 1.0), ("slow_fraction", 0.3), ("momentum", 1.0),
+    ("momentum", 0.5), ("k", 0), ("lr", -1.0), ("lr", float("nan")), ("weight_decay", -1e-4),
+])
+def test_config_refuses_what_the_optimizer_refuses(optimizer, partition_name, field, value):
+    """The config calls the optimizer's own checks: the same values pass, the same fail."""
+    from experiments.config import ELEMENTWISE, RunConfig
+    from multirate import check_hyperparameters
+
+    rate = ELEMENTWISE.get(partition_name, "fast")
+    try:
+        check_hyperparameters("sgd", rate=rate, linear_drift=rate != "random", **{field: value})
+    except ValueError:
+        with pytest.raises(ValueError, match=f"invalid {field}="):
+            RunConfig(optimizer=optimizer, partition=partition_name, **{field: value})
+    else:
+        RunConfig(optimizer=optimizer, partition=partition_name, **{field: value})
+
+
+def test_config_passes_zero_slow_every_step_to_the_random_group():
+    from experiments.config import RunConfig
+    from experiments.runner import build_optimizer
+
+    for literal in (False, True):
+        cfg = RunConfig(optimizer="multirate", k=3, partition="random_subgroups",
+                        zero_slow_every_step=literal)
+        random, fast = build_optimizer(cfg, Head()).param_groups
+        assert random["rate"] == "random" and random["zero_slow_every_step"] is literal
+        assert fast["zero_slow_every_step"] is False
+
+
+@pytest.mark.parametrize("name", sorted(BASES))
+def test_every_base_in_the_table_is_its_torch_optimizer_at_k1(name):
+    """Each row of multirate.BASES: both optimizers take the row's hyperparameters, and with k = 1
+    the multirate one follows the torch one (up to rounding: AdamW's decay is written differently)."""
+    base = BASES[name]
+    values = dict(momentum=0.9, nesterov=True, weight_decay=1e-3, betas=(0.8, 0.99), eps=1e-6)
+    hyperparameters = {key: values[key] for key in base.hyperparameters}
+    nets = [small_net(dtype=torch.float64), small_net(dtype=torch.float64)]
+    reference = base.torch_optimizer(nets[0].parameters(), lr=0.01, **hyperparameters)
+    multirate = base.optimizer(partition.layerwise(nets[1], ["4"]), lr=0.01, k=1, **hyperparameters)
+    train(nets[0], reference, batches(dtype=torch.float64))
+    train(nets[1], multirate, batches(dtype=torch.float64))
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("opt", [
@@ -324,7 +379,7 @@ def test_checkpoint_from_before_nesterov_loads():
     ("sgd", dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
     ("sgd", dict(rate="random", slow_fraction=0.0, linear_drift=False), "slow_fraction"),
     ("sgd", dict(k=0), "k must be a positive integer"),
-    ("sgd", dict(nesterov=True), "nesterov needs momentum"),
+    ("sgd", dict(nesterov=True), "nesterov must be False when momentum = 0"),
     ("adamw", dict(betas=[0.9, 1.0]), "betas"),
     ("adamw", dict(rate="random"), "random subgroups need the SGD"),
     ("sgd", dict(betas=(0.9, 0.99)), "unknown hyperparameter"),

@@ -43,10 +43,8 @@ except ImportError as error:
     raise ImportError(f"multirate.integrations.huggingface needs transformers and accelerate ({error}); "
                       "pip install 'multirate[huggingface]'") from error
 
-from multirate import Multirate, MultirateAdamW, partition
+from multirate import BASES, Multirate, partition
 from multirate.step import GradientPruning, require_graph
-
-BASES = ("sgd", "adamw")
 
 
 class MultirateTrainer(Trainer):
@@ -57,8 +55,9 @@ class MultirateTrainer(Trainer):
         fast: names of the fast modules (see :func:`multirate.partition.layerwise`); default: the
             head, every top-level module with parameters outside the base model (for
             ``DistilBertForSequenceClassification``: ``pre_classifier`` and ``classifier``).
-        base: ``"sgd"`` (:class:`multirate.Multirate`, heavy ball, coupled L2 decay) or ``"adamw"``
-            (:class:`multirate.MultirateAdamW` with ``adam_beta1/2`` and ``adam_epsilon``).
+        base: a name in :data:`multirate.BASES`: ``"sgd"`` (:class:`multirate.Multirate`, heavy
+            ball, coupled L2 decay), ``"adamw"`` (:class:`multirate.MultirateAdamW`) or ``"adam"``
+            (:class:`multirate.MultirateAdam`), the last two with ``adam_beta1/2`` and ``adam_epsilon``.
         momentum: heavy-ball momentum of the SGD base.
         linear_drift: slow parameters drift with their frozen direction on every step.
 
@@ -70,7 +69,7 @@ class MultirateTrainer(Trainer):
     def __init__(self, *args, k: int = 5, fast: list[str] | None = None, base: str = "sgd",
                  momentum: float = 0.9, linear_drift: bool = True, **kwargs):
         if base not in BASES:
-            raise ValueError(f"MultirateTrainer: base must be one of {BASES}, got {base!r}")
+            raise ValueError(f"MultirateTrainer: base must be one of {tuple(BASES)}, got {base!r}")
         self.multirate_settings = dict(k=k, fast=fast, base=base, momentum=momentum,
                                        linear_drift=linear_drift)
         self._pruning = None
@@ -107,10 +106,10 @@ def multirate_optimizer(model: nn.Module, args, *, k, fast, base, momentum, line
             if params:
                 split.append({**group, "params": params,
                               "weight_decay": args.weight_decay if decayed else 0.0})
-    if base == "adamw":
-        return MultirateAdamW(split, lr=args.learning_rate, k=k, betas=(args.adam_beta1, args.adam_beta2),
-                              eps=args.adam_epsilon, linear_drift=linear_drift)
-    return Multirate(split, lr=args.learning_rate, k=k, momentum=momentum, linear_drift=linear_drift)
+    # The Trainer's settings for each base hyperparameter it has (the weight decay is per group above).
+    offered = dict(momentum=momentum, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    values = {name: offered[name] for name in BASES[base].hyperparameters if name in offered}
+    return BASES[base].optimizer(split, lr=args.learning_rate, k=k, linear_drift=linear_drift, **values)
 
 
 def head_names(model: nn.Module) -> list[str]:
