@@ -6,6 +6,7 @@ import multiprocessing
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -268,3 +269,30 @@ def test_make_pretrain_rebuilds_the_shipped_networks_to_the_bit():
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("weights bit-identical to the shipped ones") == 2
+
+
+def test_make_pretrain_compares_bits_and_keys_then_ships(tmp_path, shipped, monkeypatch, capsys):
+    """`make pretrain` on stand-in networks: the same weights are "bit-identical" (and the shipped
+    bytes are kept); other weights or another key are reported, and --check then exits with 1."""
+    weights = {"w": torch.full((3,), 7.0)}
+
+    def networks(results_dir):
+        path = Path(results_dir) / "pretrained" / "x.pt"
+
+        def build():
+            return pretraining.cached(path, lambda: {"state_dict": dict(weights), "seconds": time.time()})
+        return [("test", path, build)]
+
+    monkeypatch.setattr(pretrained_cache, "_shipped_networks", networks)
+    shipped_bytes = (shipped / "x.pt").read_bytes()
+    assert pretrained_cache.main(["--check"]) == 0
+    assert "test: x.pt: weights bit-identical to the shipped ones" in capsys.readouterr().out
+    assert pretrained_cache.main([]) == 0 and (shipped / "x.pt").read_bytes() == shipped_bytes
+
+    weights["w"] = torch.full((3,), 7.5)
+    assert pretrained_cache.main(["--check"]) == 1
+    assert "weights DIFFER from the shipped ones in 1 tensors: ['w']" in capsys.readouterr().out
+    assert pretrained_cache.main([]) == 0  # ships the new weights and their digest
+    (entry,) = json.loads((shipped / "manifest.json").read_text())["files"]
+    assert entry["sha256"] == sha256_bytes((shipped / "x.pt").read_bytes()) != sha256_bytes(shipped_bytes)
+    assert pretrained_cache.main(["--check"]) == 0
