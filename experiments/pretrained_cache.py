@@ -233,14 +233,14 @@ def main(argv: list[str] | None = None) -> int:
             data = path.read_bytes()
             old = next((e for e in old_entries.values() if e["what"] == what), None)
             if old is None or not (SHIPPED_DIR / old["file"]).exists():
-                changed = ["(none shipped)"]
+                changed, verdict = ["(none)"], "none shipped before"
             else:
                 old_state = torch.load(SHIPPED_DIR / old["file"], map_location="cpu", weights_only=True)
                 changed = different_tensors(old_state["state_dict"], result["state_dict"])
+                verdict = ("weights bit-identical to the shipped ones" if not changed else
+                           f"weights DIFFER from the shipped ones in {len(changed)} tensors: {changed[:3]}")
             same_key = old is not None and old["file"] == path.name
-            verdict = ("weights bit-identical to the shipped ones" if not changed else
-                       f"weights DIFFER from the shipped ones in {len(changed)} tensors: {changed[:3]}")
-            key = "" if same_key else f"; key changed from {old['file'] if old else 'none'}"
+            key = "" if same_key or old is None else f"; key changed from {old['file']}"
             print(f"{what}: {path.name}: {verdict}{key}", flush=True)
             differs |= bool(changed) or not same_key
             if not changed and same_key:  # keep the shipped bytes (a rebuilt file records its time)
