@@ -188,8 +188,10 @@ def _stderr(message: str) -> None:
 def _shipped_networks(results_dir: Path) -> list[tuple[str, Path, Callable[[], dict]]]:
     """(what, cache path, build) of each shipped network, for the quick profile's config with
     `results_dir`; `build()` pretrains it as the first run that needs it does and returns what is cached."""
-    from experiments import determinism, transfer, transfer_text
+    from experiments import determinism, registry
     from experiments.config import experiment_config, list_methods, load_config
+
+    transfer, transfer_text = registry.entry_point("transfer"), registry.entry_point("transfer_text")
 
     def config(module):
         cls, toml = experiment_config(module)
