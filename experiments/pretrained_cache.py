@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    # The imported module, not this __main__ copy: `cached` (called by the experiments) reads the
+    # imported module's switch, which `pretraining_forced` must turn off.
+    from experiments import errors, pretrained_cache
 
-    errors.cli(main)
+    errors.cli(pretrained_cache.main)

@@ -269,6 +269,7 @@ def test_make_pretrain_rebuilds_the_shipped_networks_to_the_bit():
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("weights bit-identical to the shipped ones") == 2
+    assert "copied from the shipped" not in done.stderr  # pretrained, not the shipped files themselves
 
 
 def test_make_pretrain_compares_bits_and_keys_then_ships(tmp_path, shipped, monkeypatch, capsys):
