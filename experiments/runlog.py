@@ -225,7 +225,7 @@ class RunLog:
         self._write_json("running")
         # Rows logged after the checkpoint we resume from are about to be recomputed.
         self.csv_sha256 = write_csv(self.csv_path, self.rows)
-        self._wandb = tracking.init(self.cfg, self.wandb_id)
+        self._wandb = tracking.init(self.cfg, self.wandb_id, self.resolved)
         if self._wandb is not None:
             self.wandb_id = self._wandb.id
             self._write_json("running")
