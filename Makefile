@@ -18,7 +18,7 @@ SLURM ?=# options for experiments.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08
 
 .PHONY: help setup test test-all lint clean fig-transfer fig-patch fig-regularization speedup
 .PHONY: figures ablations report convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
-.PHONY: patch-partitions reference-check readme-tables plan
+.PHONY: patch-partitions reference-check readme-tables plan pretrain
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test-all: setup  ## every test, the slow end-to-end runs included
 
 lint: setup  ## ruff
 	$(BIN)ruff check .
+
+pretrain: setup  ## pretrain the quick profile's shipped networks (experiments/pretrained/) again: bit-identical?; CHECK=1 changes nothing
+	$(PY) -m experiments.pretrained_cache $(if $(CHECK),--check,)
 
 fig-transfer: setup  ## transfer learning (ResNets, DistilBERT) and its figure; PROFILE=quick|cpu|paper SEEDS=0,1,2
 ifeq ($(PROFILE),paper)

@@ -23,8 +23,8 @@ The grids (``ABLATIONS``):
   The perceptron, not transfer or patch: random subgroups are the regularisation partition (a
   layer-wise net like the transfer ResNet has no use for it), and its runs are the cheapest.
 
-Seeds: the quick profile runs seed 0 only (the 20-minute budget on 2 CPU cores); the paper
-profile runs seeds 0, 1, 2. Epochs and every other setting are those of the experiment's profile.
+Seeds: the quick profile runs seed 0 only (the 20-minute budget on 2 CPU cores); the cpu and paper
+profiles run seeds 0, 1, 2. Epochs and every other setting are those of the experiment's profile.
 
 A variant's experiment is an entry point of ``experiments.registry`` by name. The tables of the
 results (`final_rows`, `summarise`) are here, where both ``figures.ablations`` and the report
@@ -43,10 +43,10 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import pretraining, registry
-from experiments.config import PROFILES, experiment_config, load_config
+from experiments.config import PROFILES, experiment_config, load_config, parse_seeds
 from experiments.runlog import last_epoch, read_results, read_runs
 
-SEEDS = {"quick": [0], "paper": [0, 1, 2]}
+SEEDS = {"quick": [0], "cpu": [0, 1, 2], "paper": [0, 1, 2]}
 ADAMW_LR = 0.003  # AdamW base on transfer: h of the best runs in experiments/sweeps (quick profile)
 
 
@@ -115,6 +115,20 @@ def variant_config(variant: Variant, profile: str, seed: int, results_dir: str |
     return load_config(config_cls, toml, profile, variant.method,
                        [f"results_dir={ablation_results_dir(results_dir, name)}",
                         f"variant={name}/{variant.label}", *variant.overrides, f"seed={seed}"])
+
+
+def check_ablations(names: list[str], profile: str, seeds: list[int], results_dir: str | Path) -> None:
+    """Load the config of every variant x seed of the ablations `names` and build its optimizer on a
+    stand-in model: an impossible one raises ValueError (naming the variant) before any run starts."""
+    from experiments.runner import check_optimizer
+
+    for name in names:
+        for variant in ABLATIONS[name]:
+            for seed in seeds:
+                try:
+                    check_optimizer(variant_config(variant, profile, seed, results_dir, name))
+                except ValueError as err:
+                    raise ValueError(f"ablation {name}, variant {variant.label!r}: {err}") from None
 
 
 def run_ablation(name: str, profile: str, seeds: list[int], results_dir: str | Path = "results"
@@ -216,7 +230,8 @@ def main(argv_: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)}")
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else SEEDS[args.profile]
+    seeds = parse_seeds(args.seeds) if args.seeds else SEEDS[args.profile]
+    check_ablations(names, args.profile, seeds, args.results_dir)  # every run possible, or nothing runs
     for name in names:
         start = time.perf_counter()
         run_ablation(name, args.profile, seeds, args.results_dir)

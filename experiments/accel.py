@@ -9,6 +9,15 @@ small functions the runner calls; each keeps :class:`multirate.TrainStep`'s savi
     loss = train_step(autocast_loss(functools.partial(task.loss, model, batch), cfg, device))
     tensors = to_device(tensors, device)             # pinned host memory, non-blocking copy
 
+Device-dependent choices are made when the run starts, on its device (`resolve_amp`): ``amp =
+"auto"`` is bf16 on a CUDA device that runs it natively (compute capability 8.0 or newer) and none
+elsewhere; the paper profile's TOMLs use it. A CPU runs bf16 autocast far slower than float32 (the
+paper profile's language model: 319 s against 20 s for its first epoch at 1 thread; the perceptron
+about 4x), and with other numerics. The runner records the choice in the run's JSON
+(``experiments.runlog``). ``channels_last`` and ``compile`` have no "auto": NHWC convolutions
+are fast on CPUs (oneDNN) and GPUs alike, and compiling is a choice of time to first step, not of
+device.
+
 Why each keeps the saving (the fast step records no graph through the slow part):
 
 - ``amp``: the autocast region is entered inside the loss function, once per step, so autograd
@@ -48,6 +57,20 @@ from experiments.config import RunConfig
 from multirate import TrainStep
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """`amp` as run on `device`: "auto" is "bf16" on a CUDA device with native bf16 (compute
+    capability >= 8.0), "none" elsewhere; any other setting is itself."""
+    if amp != "auto":
+        return amp
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    return "bf16" if cuda and torch.cuda.get_device_capability(device) >= (8, 0) else "none"
+
+
+def resolved_options(cfg: RunConfig, device: torch.device) -> dict[str, str]:
+    """The device-dependent options of `cfg` as run on `device` (what the run's JSON records)."""
+    return {"amp": resolve_amp(cfg.amp, device)}
 
 
 def configure_backends(cfg: RunConfig, device: torch.device) -> None:
@@ -115,18 +138,19 @@ def prepare_model(model: nn.Module, cfg: RunConfig, device: torch.device,
 
 @contextlib.contextmanager
 def autocast(cfg: RunConfig, device: torch.device):
-    """``torch.autocast`` of `device`'s type with cfg.amp's dtype; nothing for amp="none"."""
-    if cfg.amp == "none":
+    """``torch.autocast`` of `device`'s type with cfg.amp's dtype (resolved); nothing for "none"."""
+    amp = resolve_amp(cfg.amp, device)
+    if amp == "none":
         yield
         return
-    with torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.amp]):
+    with torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp]):
         yield
 
 
 def autocast_loss(compute_loss: Callable[[], Tensor], cfg: RunConfig,
                   device: torch.device) -> Callable[[], Tensor]:
     """`compute_loss` run under `autocast` (one region per call, see the module docstring)."""
-    if cfg.amp == "none":
+    if resolve_amp(cfg.amp, device) == "none":
         return compute_loss
 
     def loss():
@@ -137,7 +161,7 @@ def autocast_loss(compute_loss: Callable[[], Tensor], cfg: RunConfig,
 
 def grad_scaler(cfg: RunConfig, device: torch.device) -> torch.amp.GradScaler | None:
     """A GradScaler for amp="fp16" (fp16 gradients underflow without loss scaling), else None."""
-    return torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    return torch.amp.GradScaler(device.type) if resolve_amp(cfg.amp, device) == "fp16" else None
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -158,5 +182,6 @@ def to_device(tensors: tuple[Tensor, ...], device: torch.device) -> tuple[Tensor
                  for t in tensors)
 
 
-__all__ = ["configure_backends", "keep_freed_host_memory", "host_memory_kept", "prepare_model", "autocast",
+__all__ = ["resolve_amp", "resolved_options",
+           "configure_backends", "keep_freed_host_memory", "host_memory_kept", "prepare_model", "autocast",
            "autocast_loss", "grad_scaler", "make_train_step", "to_device", "AMP_DTYPES"]

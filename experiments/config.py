@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -42,7 +43,8 @@ PARTITIONS = ("layerwise", "random_subgroups", "weights_and_biases", "random_spl
 ELEMENTWISE = {"random_subgroups": "random", "random_split": "split"}  # partition -> its groups' rate
 SCHEDULES = ("constant", "cosine", "multistep")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")  # auto: bf16 where the device runs it fast (experiments.accel)
+MAX_SEED = 2**32 - 1  # seeds (`seed`, `seeds`, `*_seed`) are in [0, MAX_SEED]: what every generator takes
 
 # Fields that do not change what is computed, so they stay out of the run hash:
 # moving the results folder or switching W&B on must still find the same run.
@@ -107,7 +109,7 @@ class RunConfig:
     threads: int = 0
     deterministic: bool = False
     # --- GPU speed options (the paper profile on CUDA); each keeps TrainStep's saving
-    amp: str = "none"  # "none" | "bf16" | "fp16": autocast dtype of the forward pass
+    amp: str = "none"  # "none" | "bf16" | "fp16" | "auto": autocast dtype of the forward pass
     channels_last: bool = False  # CNNs: NHWC memory format
     compile: bool = False  # torch.compile the model
     cudnn_benchmark: bool = False
@@ -117,7 +119,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value is impossible."""
-        # Written as `not (x >= 0)` so that NaN fails too.
+        check_fields(self)  # types, finite numbers, seeds: before any comparison below
         checks = [
             ("profile", self.profile in PROFILES, f"one of {PROFILES}"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {tuple(OPTIMIZERS)}"),
@@ -135,6 +137,9 @@ class RunConfig:
             ("train", len(self.train) > 0, "a non-empty list"),
             ("threads", self.threads >= 0, ">= 0 (0: torch's default)"),
             ("amp", self.amp in AMP_MODES, f"one of {AMP_MODES}"),
+            ("milestones", all(m >= 1 for m in self.milestones), "epochs >= 1"),
+            ("device", re.fullmatch(r"auto|[a-z]+(:\d+)?", self.device) is not None,
+             "auto, or a torch device such as cpu, cuda or cuda:1"),
         ]
         require(self, checks)
         self.check_hyperparameters()
@@ -184,6 +189,77 @@ def require(config, checks: list[tuple[str, bool, str]]) -> None:
     for key, ok, requirement in checks:
         if not ok:
             raise ValueError(f"invalid {key}={getattr(config, key)!r}: must be {requirement}")
+
+
+def check_fields(config) -> None:
+    """Raise ValueError naming the first field of dataclass `config` whose value does not have its
+    declared type (an int is a float; a bool is not a number), is a number that is not finite (inf,
+    nan: no run can use it), or is a seed (``seed``, ``seeds``, ``*_seed``) outside [0, MAX_SEED]."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, typ = getattr(config, f.name), hints[f.name]
+        if not _has_type(value, typ):
+            raise ValueError(f"invalid {f.name}={value!r}: must be {_type_name(typ)}")
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ValueError(f"invalid {f.name}={value!r}: must be a finite number")
+        if (f.name in ("seed", "seeds") or f.name.endswith("_seed")) \
+                and not all(0 <= v <= MAX_SEED for v in numbers if isinstance(v, int)):
+            what = "integers" if isinstance(value, list) else "an integer"
+            raise ValueError(f"invalid {f.name}={value!r}: must be {what} in [0, {MAX_SEED}]")
+
+
+def _has_type(value: Any, typ: Any) -> bool:
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if typ is type(None):
+        return value is None
+    if typ is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ in (bool, str, dict):
+        return isinstance(value, typ)
+    return True  # a type this check does not know: the field's own checks decide
+
+
+def _type_name(typ: Any) -> str:
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0])}"
+    if origin is dict:
+        return "a table"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             dict: "a table", type(None): "none"}
+    return names.get(typ, str(typ))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Comma-separated seeds (``--seeds 0,1,2``), each an integer in [0, MAX_SEED]; a UserError
+    naming the first one that is not."""
+    from experiments.errors import UserError
+
+    seeds = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        try:
+            seed = int(item)
+        except ValueError:
+            seed = None
+        if seed is None or not 0 <= seed <= MAX_SEED:
+            raise UserError(f"--seeds {text}: seed {item!r} is not an integer in [0, {MAX_SEED}]")
+        seeds.append(seed)
+    if not seeds:
+        raise UserError(f"--seeds {text!r}: no seed given; e.g. --seeds 0,1,2")
+    return seeds
 
 
 C = TypeVar("C", bound=RunConfig)
@@ -422,12 +498,7 @@ def run_selection(parser: argparse.ArgumentParser, args: argparse.Namespace
     """`args.method` and `args.seeds` as lists (None when not given), after checking them and
     `args.overrides`; a malformed value is a `parser.error`."""
     methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
-    seeds = None
-    if args.seeds is not None:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    seeds = None if args.seeds is None else parse_seeds(args.seeds)
     for item in args.overrides:
         if "=" not in item:
             parser.error(f"override {item!r} is not of the form key=value")

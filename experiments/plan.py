@@ -560,7 +560,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     plans = []
     try:
-        for name, variant in plan_targets(args.experiment, args.profile, overrides):
+        targets = plan_targets(args.experiment, args.profile, overrides)
+        for name, variant in targets:  # every config first: an impossible one fails before any timing
+            config_cls, toml, _ = load_experiment(name)
+            default = [config_cls.__dataclass_fields__["method"].default]
+            for method in methods or list_methods(toml) or default:
+                load_config(config_cls, toml, args.profile, method, [*variant, *overrides])
+        for name, variant in targets:
             plan = plan_experiment(name, args.profile, methods, [*variant, *overrides], steps, seeds,
                                    args.measure_batch)
             print(markdown(plan) + "\n", flush=True)

@@ -13,23 +13,21 @@ schedule step and gradient clipping per minibatch). Both run `fit`, a plain trai
     model.eval()
 
 and are cached (`cached`) under ``results/<profile>/<experiment>/pretrained/<prefix><hash>.pt``,
-the hash of everything that determines the weights (`cache_path`), so a cached network is never
-the wrong one and can be copied between results folders (`share_caches`).
+the hash of everything that determines the weights (`cache_path`), with a SHA-256 that is checked
+on every read, or taken from the networks shipped in ``experiments/pretrained/``: see
+`experiments.pretrained_cache`, which keeps the cache apart from this module because the cache keys
+hash this module's source (the code that produces the weights).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from experiments.files import atomic_open, waiting_lock
+from experiments.pretrained_cache import cache_path, cached, share_caches  # noqa: F401 (the cache's names here)
 
 SCHEDULE_EVERY = ("epoch", "step")
 
@@ -69,40 +67,3 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: Iterable[Ite
         if schedule is not None and schedule_every == "epoch":
             schedule.step()
     model.eval()
-
-
-def cache_path(run_dir: str | Path, spec: dict, prefix: str = "", digits: int = 16) -> Path:
-    """``<run_dir>/pretrained/<prefix><first digits of the sha256 of spec as sorted JSON>.pt``"""
-    blob = json.dumps(spec, sort_keys=True).encode()
-    return Path(run_dir) / "pretrained" / f"{prefix}{hashlib.sha256(blob).hexdigest()[:digits]}.pt"
-
-
-def cached(path: Path, pretrain: Callable[[], dict]) -> dict:
-    """The dict saved at `path`; if there is none, `pretrain()`'s, saved there first (atomically).
-
-    Pretraining holds a lock beside the file, so processes that need the same network at once
-    (`make fig-transfer`'s two, a Slurm array's tasks) pretrain it once: the others wait, then read it.
-    """
-    if not path.exists():
-        with waiting_lock(path.with_name(path.name + ".lock")):
-            if not path.exists():  # not written while this process waited
-                result = pretrain()
-                with atomic_open(path, "wb") as f:
-                    torch.save(result, f)
-                return result
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def share_caches(run_dir: str | Path, results_dir: str | Path) -> list[Path]:
-    """Copy into ``<run_dir>/pretrained/`` every pretrained network that another folder under
-    `results_dir` has cached for the same profile and experiment (the last two parts of `run_dir`)
-    and this one lacks; returns the copies. Pretraining again costs about a minute each."""
-    run_dir = Path(run_dir)
-    profile, experiment = run_dir.parts[-2:]
-    target, copied = run_dir / "pretrained", []
-    for source in sorted(Path(results_dir).glob(f"**/{profile}/{experiment}/pretrained/*.pt")):
-        if source.parent.resolve() != target.resolve() and not (target / source.name).exists():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target / source.name)
-            copied.append(target / source.name)
-    return copied

@@ -38,6 +38,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from experiments.config import PROFILES
 from experiments.errors import UserError
 from experiments.files import atomic_open
 
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Compare results with the committed reference, or update it.")
     parser.add_argument("command", choices=("check", "update", "slice", "readme"))
-    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--profile", default="quick", choices=PROFILES)
     parser.add_argument("--experiment", default=None, help="comma-separated results folders (default: all)")
     parser.add_argument("--results-dir", default=None, help="default: results (slice: a temporary folder)")
     parser.add_argument("--update", action="store_true", help="slice: rewrite slice.csv instead of checking")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from experiments import determinism, tracking
+from experiments import accel, determinism, tracking
 from experiments.config import RunConfig
 from experiments.errors import UserError
 from experiments.files import atomic_open, sha256_bytes, sha256_file
@@ -209,16 +209,23 @@ class RunLog:
         self.started = started or now()
         self.wandb_id = wandb_id
         self.device = "cpu"
+        self.resolved = {}  # device-dependent options as run (amp = "auto" -> "bf16" or "none")
         self.csv_sha256 = None  # of the CSV as last written
         self._wandb = None
 
     def start(self, device: str | torch.device) -> None:
-        """Mark the run as running, rewrite the CSV with the restored rows, open W&B."""
+        """Mark the run as running, rewrite the CSV with the restored rows, open W&B. An option
+        chosen by the device ("auto") is said in the run's first line."""
         self.device = str(device)
+        self.resolved = accel.resolved_options(self.cfg, torch.device(device))
+        chosen = [f"{k}={v} ({getattr(self.cfg, k)})" for k, v in self.resolved.items()
+                  if getattr(self.cfg, k) != v]
+        if chosen:
+            print(f"{self.cfg.run_name}: on {self.device}: {', '.join(chosen)}", flush=True)
         self._write_json("running")
         # Rows logged after the checkpoint we resume from are about to be recomputed.
         self.csv_sha256 = write_csv(self.csv_path, self.rows)
-        self._wandb = tracking.init(self.cfg, self.wandb_id)
+        self._wandb = tracking.init(self.cfg, self.wandb_id, self.resolved)
         if self._wandb is not None:
             self.wandb_id = self._wandb.id
             self._write_json("running")
@@ -245,7 +252,7 @@ class RunLog:
     def _write_json(self, status: str, finished: str | None = None,
                     checkpoint_sha256: str | None = None) -> None:
         record = {"run": self.cfg.run_name, "status": status, "config": asdict(self.cfg),
-                  **environment(), "device": self.device, "started": self.started,
+                  **environment(), "device": self.device, "resolved": self.resolved, "started": self.started,
                   "finished": finished, "wandb_id": self.wandb_id}
         if finished is not None:  # what readers verify the run's files against
             record.update(csv_rows=len(self.rows), csv_sha256=self.csv_sha256,

@@ -407,8 +407,9 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
 
     Methods default to all `[methods.*]` in the TOML file, seeds to the configured seed.
     `task_factory(cfg)` makes the task (a Task subclass itself will do).
-    Every config is loaded and its optimizer built on a stand-in model first, so an unknown key or
-    an impossible value (by the optimizer's own checks) fails before any run starts.
+    Every config is loaded (types, finite numbers, ranges, seeds), its device parsed and its optimizer
+    built on a stand-in model first, so an unknown key or an impossible value (by the optimizer's own
+    checks) fails in one line before any run starts or anything is written.
     With `--skip-running` a run that another process is training is left to it: processes started
     with the same runs then share them out, each taking the next one that nobody has started.
     Launched by torchrun (WORLD_SIZE > 1), it joins the process group first.
@@ -430,6 +431,10 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
             for method in methods for seed in seeds or [None]]
     for cfg in cfgs:
         check_optimizer(cfg)
+        try:
+            resolve_device(cfg.device)
+        except RuntimeError as err:  # torch's message lists the device types it knows
+            raise UserError(f"invalid device={cfg.device!r}: {' '.join(str(err).split())}") from None
 
     # Each run in turn, until a signal asks to stop
     joined = init_from_env()

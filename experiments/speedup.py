@@ -55,12 +55,6 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +66,8 @@ except ImportError:  # Windows
     resource = None
 
 from experiments.accel import host_memory_kept, keep_freed_host_memory
+from experiments.config import check_fields, read_toml, require
+from experiments.errors import one_line
 from experiments.files import write_json
 from multirate import Multirate, TrainStep, partition
 
@@ -420,6 +416,18 @@ def optimizer_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def check_settings(s: Settings) -> None:
+    """Raise ValueError naming the first setting (a --config TOML file's or a flag's) that is not
+    possible: its type, a choice, a count < 1."""
+    check_fields(s)
+    require(s, [("model", s.model in MODELS, f"one of {MODELS}"),
+                ("device", s.device in ("cpu", "cuda"), "cpu or cuda"),
+                ("clock", s.clock in CLOCKS, f"one of {tuple(CLOCKS)}"),
+                *((name, getattr(s, name) >= 1, ">= 1")
+                  for name in ("image_size", "seq_len", "batch_size", "k", "steps", "repeats")),
+                ("threads", s.threads is None or s.threads >= 1, ">= 1 (or unset: torch's default)")])
+
+
 def parse_args(argv=None) -> Settings:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
@@ -428,9 +436,9 @@ def parse_args(argv=None) -> Settings:
     if config_path:
         known = {f.name for f in fields(Settings)}
         try:
-            defaults = tomllib.loads(Path(config_path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise SystemExit(f"{config_path}: cannot read it as TOML ({e})") from None
+            defaults = read_toml(config_path)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{config_path}: cannot read it as TOML ({one_line(e)})") from None
         unknown = sorted(set(defaults) - known)
         if unknown:
             raise SystemExit(f"{config_path}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -454,6 +462,10 @@ def parse_args(argv=None) -> Settings:
     args = vars(p.parse_args(argv))
     del args["config"]
     s = Settings(**args)
+    try:
+        check_settings(s)
+    except ValueError as err:
+        raise SystemExit(f"{config_path or 'command line'}: {err}") from None
     if s.steps % s.k:
         p.error(f"--steps ({s.steps}) must be a multiple of --k ({s.k})")
     return s

@@ -43,13 +43,21 @@ import math
 import random
 import statistics
 import sys
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from experiments import registry
-from experiments.config import PROFILES, RunConfig, experiment_config, load_config, require
+from experiments.config import (
+    MAX_SEED,
+    PROFILES,
+    RunConfig,
+    check_fields,
+    experiment_config,
+    load_config,
+    read_toml,
+    require,
+)
 from experiments.runlog import read_rows, read_status
 
 SEARCHES = ("grid", "random")
@@ -76,8 +84,10 @@ class Sweep:
     metric: str = "test_accuracy"
     goal: str = "maximize"
     fixed: dict[str, Any] = field(default_factory=dict)
+    file: str = ""  # the sweep file, named in messages
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finite numbers, before the checks below compare them
         checks = [
             ("profile", self.profile in PROFILES, f"one of {PROFILES}"),
             ("search", self.search in SEARCHES, f"one of {SEARCHES}"),
@@ -85,7 +95,8 @@ class Sweep:
             ("parameters", len(self.parameters) > 0, "a non-empty table"),
             ("trials", (self.trials >= 1) == (self.search == "random"),
              ">= 1 for random search, unset for grid"),
-            ("seeds", len(self.seeds) > 0, "a non-empty list"),
+            ("seeds", len(self.seeds) > 0 and all(0 <= s <= MAX_SEED for s in self.seeds),
+             f"a non-empty list of integers in [0, {MAX_SEED}]"),
         ]
         require(self, checks)
         for key, spec in self.parameters.items():
@@ -108,6 +119,8 @@ def _check_parameter(key: str, spec: dict, search: str) -> None:
         raise ValueError(f"{where}: needs `values`, or `distribution` (one of {DISTRIBUTIONS}) "
                          f"with `min` and `max`; got {spec}")
     lo, hi = spec["min"], spec["max"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi)):
+        raise ValueError(f"{where}: `min` and `max` must be finite numbers, got {spec}")
     if not lo <= hi or (spec["distribution"] == "log_uniform" and lo <= 0):
         raise ValueError(f"{where}: needs min <= max (and min > 0 for log_uniform), got {spec}")
     if spec["distribution"] == "int_uniform" and not (isinstance(lo, int) and isinstance(hi, int)):
@@ -115,15 +128,19 @@ def _check_parameter(key: str, spec: dict, search: str) -> None:
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    """Read a sweep TOML file; its name is the file's stem. Unknown keys raise ValueError."""
+    """Read a sweep TOML file; its name is the file's stem. A malformed file, an unknown key or an
+    impossible value raises ValueError naming the file."""
     path = Path(path)
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    known = {f.name for f in fields(Sweep)} - {"name"}
+    data = read_toml(path)
+    known = {f.name for f in fields(Sweep)} - {"name", "file"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown sweep keys {unknown}; known: {sorted(known)}")
-    return Sweep(**data, name=path.stem)
+    try:
+        return Sweep(**{"module": None, "method": None, "parameters": None, **data}, name=path.stem,
+                     file=str(path))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 # ----------------------------------------------------------------------------- the trials
@@ -183,19 +200,32 @@ def argv(sweep: Sweep, trial: dict[str, Any]) -> list[str]:
 
 
 def configs(sweep: Sweep) -> list[tuple[dict[str, Any], list[RunConfig]]]:
-    """Every trial with the run config of each of its seeds, as the entry point will build them."""
+    """Every trial with the run config of each of its seeds, as the entry point will build them; an
+    unknown key or impossible value raises ValueError naming the sweep file's table it came from."""
     config_cls, toml = experiment_config(registry.entry_point(sweep.module))
-    return [(trial, [load_config(config_cls, toml, sweep.profile, sweep.method,
-                                 [*overrides(sweep, trial), f"seed={seed}"]) for seed in sweep.seeds])
-            for trial in trials(sweep)]
+    where = sweep.file or sweep.name
+
+    def config(trial, seed):
+        layers = [(f"{where} [fixed]", overrides(sweep, {}) if sweep.fixed else []),
+                  (f"{where} [parameters]", [f"{k}={format_value(v)}" for k, v in trial.items()])]
+        return load_config(config_cls, toml, sweep.profile, sweep.method, [f"seed={seed}"], layers)
+
+    return [(trial, [config(trial, seed) for seed in sweep.seeds]) for trial in trials(sweep)]
 
 
 # ----------------------------------------------------------------------------- local runs, summary
 
 def run_local(sweep: Sweep, dry_run: bool = False) -> None:
-    """Run every trial through the experiment's `main`, or with `dry_run` only list them."""
+    """Run every trial through the experiment's `main`, or with `dry_run` only list them. Every
+    trial's configs and optimizers are checked first: nothing runs unless all are possible."""
+    from experiments.runner import check_optimizer
+
     module = registry.entry_point(sweep.module)
-    for i, (trial, cfgs) in enumerate(configs(sweep), 1):
+    every = configs(sweep)
+    for _, cfgs in every:
+        for cfg in cfgs:
+            check_optimizer(cfg)
+    for i, (trial, cfgs) in enumerate(every, 1):
         print(f"[{i}] python -m {sweep.module} {' '.join(argv(sweep, trial))}", flush=True)
         if dry_run:
             for cfg in cfgs:

@@ -73,9 +73,10 @@ def _warn(err: Exception) -> None:
     _failed = True
 
 
-def init(cfg: RunConfig, run_id: str | None = None) -> Any:
+def init(cfg: RunConfig, run_id: str | None = None, resolved: dict | None = None) -> Any:
     """Start (or, given the `run_id` of an earlier start, resume) the W&B run of `cfg`; None when
-    W&B is disabled, not installed, or failed before."""
+    W&B is disabled, not installed, or failed before. `resolved`: the device-dependent options as
+    run (``{"amp": "bf16"}`` for amp = "auto" on a GPU), in the W&B config beside cfg's fields."""
     mode = wandb_mode(cfg.wandb)
     if mode == "disabled" or _failed:
         return None
@@ -88,7 +89,8 @@ def init(cfg: RunConfig, run_id: str | None = None) -> Any:
     root.mkdir(parents=True, exist_ok=True)
     try:
         run = wandb.init(
-            project=cfg.wandb_project, name=cfg.run_name, config=asdict(cfg), dir=str(root),
+            project=cfg.wandb_project, name=cfg.run_name, config={**asdict(cfg), "resolved": resolved or {}},
+            dir=str(root),
             group=group(cfg), job_type=cfg.experiment, tags=tags(cfg),
             mode=mode, id=run_id, resume="allow" if run_id else None,
             reinit="finish_previous",

@@ -136,3 +136,26 @@ def test_drift_figure_covers_both_experiments(tmp_path):
     patched = table[(table.metric == "patched_accuracy")].set_index("label").value
     assert patched.to_dict() == {"patch drift": 61.0, "patch no drift": 56.0}
     assert set(table[table.experiment == "transfer"].linear_drift) == {True, False}
+
+
+def test_every_variant_and_seed_is_checked_before_any_run(tmp_path, monkeypatch):
+    """An impossible variant (here the last one's lr=inf) stops the command before the first run,
+    naming the ablation and the variant; nothing is written."""
+    from experiments import ablations
+
+    good = ablations.Variant("fine", "regularization_mlp", "sgd")
+    bad = ablations.Variant("bad", "regularization_mlp", "sgd", ("lr=inf",))
+    monkeypatch.setitem(ablations.ABLATIONS, "probe", [good, bad])
+    monkeypatch.setattr(ablations, "run_ablation", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(ValueError, match=r"ablation probe, variant 'bad': invalid lr=inf: must be a finite"):
+        ablations.main(["--only", "probe", "--results-dir", str(tmp_path / "results")])
+    with pytest.raises(ValueError, match=r"--seeds 0,-1: seed '-1'"):
+        ablations.main(["--only", "probe", "--seeds", "0,-1", "--results-dir", str(tmp_path / "results")])
+    assert not (tmp_path / "results").exists()
+
+
+def test_every_profile_has_default_seeds():
+    from experiments import ablations
+    from experiments.config import PROFILES
+
+    assert set(ablations.SEEDS) == set(PROFILES)

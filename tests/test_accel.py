@@ -233,3 +233,33 @@ def test_keep_freed_host_memory_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(accel, "_host_memory_kept", False)
     assert accel.keep_freed_host_memory() is False
     assert accel.host_memory_kept() is False
+
+
+def test_amp_auto_is_none_on_a_cpu_and_bf16_only_on_a_gpu_that_runs_it_natively(monkeypatch):
+    """A CPU runs bf16 autocast far slower than float32 (the paper profile's language model 16x):
+    "auto" leaves it off there, and the loss function is the plain one."""
+    cfg = RunConfig(amp="auto")
+    assert accel.resolve_amp("auto", CPU) == "none" and accel.resolved_options(cfg, CPU) == {"amp": "none"}
+    loss = lambda: torch.ones(())  # noqa: E731
+    assert accel.autocast_loss(loss, cfg, CPU) is loss and accel.grad_scaler(cfg, CPU) is None
+    for setting in ("none", "bf16", "fp16"):  # an explicit choice is kept, on any device
+        assert accel.resolve_amp(setting, CPU) == setting
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = torch.device("cuda")
+    for capability, expected in (((7, 5), "none"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert accel.resolve_amp("auto", gpu) == expected
+
+
+def test_the_paper_profile_resolves_amp_by_device():
+    """The paper profile's TOMLs say amp = "auto"; the other profiles keep amp = "none", so their
+    runs keep their names and bits."""
+    from experiments import patch, regularization_lm, regularization_mlp, transfer, transfer_text
+    from experiments.config import experiment_config, list_methods, load_config
+
+    for module in (patch, regularization_lm, regularization_mlp, transfer, transfer_text):
+        cls, toml = experiment_config(module)
+        method = list_methods(toml)[0]
+        assert load_config(cls, toml, "paper", method).amp == "auto", module.__name__
+        for profile in ("quick", "cpu"):
+            assert load_config(cls, toml, profile, method).amp == "none", (module.__name__, profile)

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from experiments.config import RunConfig, list_methods, load_config, parse_cli
+from experiments.config import MAX_SEED, RunConfig, list_methods, load_config, parse_cli
+from experiments.errors import UserError
 
 TOML = """
 lr = 0.2
@@ -210,10 +211,21 @@ def test_parse_cli():
         "quick", None, [5], ["lr=0.1", "k=3"], True)
 
 
-@pytest.mark.parametrize("argv", [["--seeds", "a"], ["--profile", "full"], ["lr"]])
+@pytest.mark.parametrize("argv", [["--profile", "full"], ["lr"]])
 def test_parse_cli_errors(argv, capsys):
     with pytest.raises(SystemExit):
         parse_cli(argv)
+
+
+@pytest.mark.parametrize("seeds, bad", [("a", "'a'"), ("0,-1", "'-1'"), ("0,1.5", "'1.5'"),
+                                        ("7,99999999999999999999999", "'99999999999999999999999'"),
+                                        (",", "no seed")])
+def test_seeds_are_checked_when_parsed_naming_the_seed(seeds, bad):
+    """--seeds 0,-1 fails before seed 0 trains, naming -1; a seed too large for the generators is
+    refused in one line, not an overflow in the middle of a run."""
+    with pytest.raises(UserError, match=re.escape(bad)) as err:
+        parse_cli(["--seeds", seeds])
+    assert "\n" not in str(err.value) and "--seeds" in str(err.value)
 
 
 def test_a_named_layer_is_named_in_errors(tmp_path):
@@ -232,3 +244,53 @@ def test_a_malformed_toml_names_the_file(tmp_path):
     path = write(tmp_path, "lr = 0.1\n[quick\n")
     with pytest.raises(ValueError, match=re.escape(f"{path} is not valid TOML")):
         load_config(RunConfig, path, "quick", "m")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("lr=inf", "lr"), ("weight_decay=inf", "weight_decay"), ("weight_decay=nan", "weight_decay"),
+    ("momentum=nan", "momentum"), ("gamma=inf", "gamma"), ("betas=0.9,nan", "betas"), ("eps=inf", "eps"),
+    ("slow_fraction=-inf", "slow_fraction"),
+])
+def test_numbers_that_are_not_finite_are_refused(tmp_path, override, key):
+    """inf passes a `>= 0` check but no run can use it: it trained, diverged and was recorded."""
+    with pytest.raises(ValueError, match=f"invalid {key}=.*must be a finite number"):
+        load_config(RunConfig, write(tmp_path, ""), "quick", "m", [override])
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, 2**64])
+def test_seeds_out_of_range_are_refused_naming_the_range(tmp_path, seed):
+    message = f"invalid seed={seed}: must be an integer in [0, {MAX_SEED}]"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(RunConfig, write(tmp_path, ""), "quick", "m", [f"seed={seed}"])
+    assert load_config(RunConfig, write(tmp_path, ""), "quick", "m", [f"seed={MAX_SEED}"]).seed == MAX_SEED
+
+
+def test_every_seed_field_is_checked():
+    @dataclass
+    class WithSeeds(RunConfig):
+        data_seed: int = 0
+
+    with pytest.raises(ValueError, match="invalid data_seed=-3"):
+        WithSeeds(data_seed=-3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": "0.1"}, "invalid lr='0.1': must be a number"),
+    ({"epochs": 2.0}, "invalid epochs=2.0: must be an integer"),
+    ({"epochs": True}, "invalid epochs=True: must be an integer"),
+    ({"rerun": 1}, "invalid rerun=1: must be true or false"),
+    ({"train": "all"}, "invalid train='all': must be a list of a string"),
+    ({"milestones": [3, 0]}, "invalid milestones=[3, 0]: must be epochs >= 1"),
+    ({"device": "cuda one"}, "invalid device='cuda one'"),
+])
+def test_a_config_built_in_code_has_its_types_checked(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RunConfig(**kwargs)
+
+
+def test_amp_auto_is_allowed_and_keeps_the_default_out_of_run_names():
+    """amp = "auto" is resolved by the device when the run starts (experiments.accel); the default
+    ("none") stays out of the hash, so the quick and cpu profiles' runs keep their names."""
+    assert RunConfig(amp="auto").amp == "auto"
+    assert RunConfig(amp="auto").run_name != RunConfig().run_name
+    assert RunConfig(amp="none").run_name == RunConfig().run_name

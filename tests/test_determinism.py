@@ -205,3 +205,13 @@ def test_slice_commands_name_experiment_modules():
     assert {c[1] for c in commands} >= {
         "experiments.transfer", "experiments.transfer_text", "experiments.patch",
         "experiments.regularization_lm", "experiments.regularization_mlp", "experiments.convergence"}
+
+
+@pytest.mark.parametrize("command", ["update", "check"])
+def test_an_unknown_profile_is_refused_and_nothing_is_written(command, tmp_path, capsys):
+    """`update --profile X` wrote a new CSV into the repository."""
+    before = sorted(p.name for p in reference.FOLDER.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        reference.main([command, "--profile", "medium", "--results-dir", str(tmp_path)])
+    assert exit_.value.code == 2 and "invalid choice: 'medium'" in capsys.readouterr().err
+    assert sorted(p.name for p in reference.FOLDER.iterdir()) == before

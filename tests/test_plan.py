@@ -14,6 +14,7 @@ import transformers
 
 from experiments import data, plan, regularization_lm, transfer_text
 from experiments.config import load_config
+from experiments.errors import UserError
 from experiments.regularization_mlp import MLPTask
 from multirate import Multirate, partition
 
@@ -214,3 +215,12 @@ def test_paper_plan(no_data, experiment):
     assert params.keys() == expected.keys()
     for key, n in expected.items():
         assert n is None or params[key] == n
+
+
+def test_every_target_is_checked_before_any_timing(no_data, monkeypatch):
+    """`plan all lr=inf` fails in one line before the first experiment is timed."""
+    monkeypatch.setattr(plan, "measure", lambda *a, **k: pytest.fail("timed before checking"))
+    with pytest.raises(SystemExit, match="experiments.plan: invalid lr=inf: must be a finite number"):
+        plan.main(["all", "lr=inf"])
+    with pytest.raises(UserError, match="--seeds 0,-1: seed '-1'"):
+        plan.main(["regularization_mlp", "--seeds", "0,-1"])

@@ -1,14 +1,20 @@
 """experiments.pretraining: the shared pretraining loop and the cache of pretrained networks."""
 
+import io
+import json
 import multiprocessing
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments import pretraining
+from experiments import pretrained_cache, pretraining
+from experiments.files import sha256_bytes
 
 
 def _setup(seed=0):
@@ -105,17 +111,189 @@ def test_processes_that_need_the_same_network_at_once_pretrain_it_once(tmp_path)
 
 def test_share_caches_copies_only_what_is_missing_for_the_same_profile_and_experiment(tmp_path):
     def cache(folder, name, text):
-        (folder / "pretrained").mkdir(parents=True, exist_ok=True)
-        (folder / "pretrained" / name).write_text(text)
+        pretrained_cache.write_cache(folder / "pretrained" / name, text.encode())
 
     cache(tmp_path / "quick" / "transfer", "a.pt", "a")
     cache(tmp_path / "ablations" / "k" / "quick" / "transfer", "b.pt", "b")
+    cache(tmp_path / "ablations" / "fast" / "quick" / "transfer", "e.pt", "e")
+    (tmp_path / "ablations" / "fast" / "quick" / "transfer" / "pretrained" / "e.pt").write_text("damaged")
     cache(tmp_path / "paper" / "transfer", "c.pt", "other profile")
     cache(tmp_path / "quick" / "patch", "d.pt", "other experiment")
     target = tmp_path / "ablations" / "drift" / "quick" / "transfer"
     cache(target, "b.pt", "kept")
     copied = pretraining.share_caches(target, tmp_path)
-    assert copied == [target / "pretrained" / "a.pt"]
-    assert sorted(p.name for p in (target / "pretrained").iterdir()) == ["a.pt", "b.pt"]
+    assert copied == [target / "pretrained" / "a.pt"]  # not the damaged e.pt
+    assert sorted(p.name for p in (target / "pretrained").glob("*.pt")) == ["a.pt", "b.pt"]
     assert (target / "pretrained" / "b.pt").read_text() == "kept"
+    assert pretrained_cache.recorded_digest(target / "pretrained" / "a.pt") == sha256_bytes(b"a")
     assert pretraining.share_caches(target, tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- verified caches
+
+def _counting_pretrain(calls):
+    def pretrain():
+        calls.append(1)
+        return {"state_dict": {"w": torch.arange(1000.0)}, "accuracy": 50.0}
+    return pretrain
+
+
+def test_a_cache_is_written_with_its_sha256_in_sha256sum_format(tmp_path):
+    path = tmp_path / "pretrained" / "x.pt"
+    pretraining.cached(path, _counting_pretrain([]))
+    digest_file = pretrained_cache.digest_path(path)
+    assert digest_file.name == "x.pt.sha256"
+    assert digest_file.read_text() == f"{sha256_bytes(path.read_bytes())}  x.pt\n"
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _flip_a_weight_bit(path):
+    data = bytearray(path.read_bytes())
+    at = data.index(torch.arange(1000.0)[700:701].numpy().tobytes())  # inside the tensor's storage
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _forget_the_digest(path):
+    pretrained_cache.digest_path(path).unlink()
+
+
+def _garbage(path):
+    path.write_bytes(b"not a torch file")
+    pretrained_cache.digest_path(path).write_text(f"{sha256_bytes(b'not a torch file')}  x.pt\n")
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_truncate, "is damaged: its SHA-256 is not the one recorded in x.pt.sha256"),
+    (_flip_a_weight_bit, "is damaged: its SHA-256 is not the one recorded in x.pt.sha256"),
+    (_forget_the_digest, "has no recorded SHA-256"),
+    (_garbage, "cannot be loaded"),
+])
+def test_a_damaged_cache_is_reported_in_one_line_and_built_again(tmp_path, capsys, damage, problem):
+    """A truncated cache gave a torch traceback; one with flipped bits in its weights was fine-tuned
+    from without a word. Now each is named in one line and never used."""
+    path, calls = tmp_path / "pretrained" / "x.pt", []
+    pretraining.cached(path, _counting_pretrain(calls))
+    capsys.readouterr()
+    damage(path)
+    result = pretraining.cached(path, _counting_pretrain(calls))
+    assert calls == [1, 1] and torch.equal(result["state_dict"]["w"], torch.arange(1000.0))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"{path}: {problem}" + lines[0].partition(problem)[2]]
+    assert lines[0].endswith("; not used, building it again")
+    assert pretraining.cached(path, _counting_pretrain(calls))["accuracy"] == 50.0 and calls == [1, 1]
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A shipped-networks folder with one network, x.pt."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.full((3,), 7.0)}}, buffer)
+    (folder / "x.pt").write_bytes(buffer.getvalue())
+    manifest = {"files": [dict(file="x.pt", what="test", sha256=sha256_bytes(buffer.getvalue()),
+                               bytes=len(buffer.getvalue()))]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(pretrained_cache, "SHIPPED_DIR", folder)
+    monkeypatch.setattr(pretrained_cache, "SHIPPED_MANIFEST", folder / "manifest.json")
+    return folder
+
+
+def test_a_shipped_network_of_the_same_key_is_used_instead_of_pretraining(tmp_path, shipped, capsys):
+    calls = []
+    path = tmp_path / "results" / "pretrained" / "x.pt"
+    result = pretraining.cached(path, _counting_pretrain(calls))
+    assert calls == [] and torch.equal(result["state_dict"]["w"], torch.full((3,), 7.0))
+    assert path.read_bytes() == (shipped / "x.pt").read_bytes()
+    assert f"{path}: copied from the shipped shipped/x.pt (SHA-256 verified)" in capsys.readouterr().err
+    other = tmp_path / "results" / "pretrained" / "y.pt"  # another key: pretrained as before
+    assert pretraining.cached(other, _counting_pretrain(calls))["accuracy"] == 50.0 and calls == [1]
+    with pretrained_cache.pretraining_forced():  # make pretrain: never the shipped one
+        pretraining.cached(tmp_path / "forced" / "x.pt", _counting_pretrain(calls))
+    assert calls == [1, 1]
+
+
+def test_a_damaged_shipped_network_is_named_and_not_used(tmp_path, shipped, capsys):
+    _truncate(shipped / "x.pt")
+    calls = []
+    result = pretraining.cached(tmp_path / "pretrained" / "x.pt", _counting_pretrain(calls))
+    assert calls == [1] and result["accuracy"] == 50.0
+    err = capsys.readouterr().err
+    assert f"{shipped / 'x.pt'} is damaged: its SHA-256 is not the one in manifest.json" in err
+
+
+def test_different_tensors_compares_bits():
+    a = {"w": torch.tensor([0.0, 1.0]), "n": torch.tensor(3)}
+    assert pretrained_cache.different_tensors(a, {k: v.clone() for k, v in a.items()}) == []
+    assert pretrained_cache.different_tensors(a, {**a, "w": torch.tensor([-0.0, 1.0])}) == ["w"]  # == holds
+    assert pretrained_cache.different_tensors(a, {"w": a["w"]}) == ["n"]
+    assert pretrained_cache.different_tensors(a, {**a, "w": a["w"].double()}) == ["w"]
+
+
+# ----------------------------------------------------------------------------- the shipped networks
+
+def _quick_cache_paths(results_dir):
+    from experiments import transfer, transfer_text
+    from experiments.config import experiment_config, list_methods, load_config
+
+    paths, of = [], {transfer: transfer.pretrained_path, transfer_text: transfer_text.pretrain_path}
+    for module, path_of in of.items():
+        cls, toml = experiment_config(module)
+        for profile in ("quick", "cpu"):
+            cfg = load_config(cls, toml, profile, list_methods(toml)[0], [f"results_dir={results_dir}"])
+            paths.append(path_of(cfg))
+    return paths
+
+
+def test_the_shipped_networks_are_the_ones_the_quick_profile_needs_and_are_intact(tmp_path):
+    """The quick (and cpu) profile's two pretrained networks are shipped under the keys the code
+    computes now, small, with their manifest's SHA-256. A change to the code that produces them
+    changes a key: then `make pretrain` rebuilds them and says whether the weights changed."""
+    entries = pretrained_cache.shipped()
+    needed = {path.name for path in _quick_cache_paths(tmp_path)}
+    assert needed == set(entries), "the shipped networks are stale: run `make pretrain`"
+    for name, entry in entries.items():
+        data = (pretrained_cache.SHIPPED_DIR / name).read_bytes()
+        assert len(data) == entry["bytes"] <= pretrained_cache.SHIPPED_MAX_BYTES
+        assert sha256_bytes(data) == entry["sha256"]
+
+
+@pytest.mark.slow
+def test_make_pretrain_rebuilds_the_shipped_networks_to_the_bit():
+    """`make pretrain --check`: pretraining again gives the shipped weights, bit for bit (~4 min)."""
+    done = subprocess.run([sys.executable, "-m", "experiments.pretrained_cache", "--check"],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("weights bit-identical to the shipped ones") == 2
+    assert "copied from the shipped" not in done.stderr  # pretrained, not the shipped files themselves
+
+
+def test_make_pretrain_compares_bits_and_keys_then_ships(tmp_path, shipped, monkeypatch, capsys):
+    """`make pretrain` on stand-in networks: the same weights are "bit-identical" (and the shipped
+    bytes are kept); other weights or another key are reported, and --check then exits with 1."""
+    weights = {"w": torch.full((3,), 7.0)}
+
+    def networks(results_dir):
+        path = Path(results_dir) / "pretrained" / "x.pt"
+
+        def build():
+            return pretraining.cached(path, lambda: {"state_dict": dict(weights), "seconds": time.time()})
+        return [("test", path, build)]
+
+    monkeypatch.setattr(pretrained_cache, "_shipped_networks", networks)
+    shipped_bytes = (shipped / "x.pt").read_bytes()
+    assert pretrained_cache.main(["--check"]) == 0
+    assert "test: x.pt: weights bit-identical to the shipped ones" in capsys.readouterr().out
+    assert pretrained_cache.main([]) == 0 and (shipped / "x.pt").read_bytes() == shipped_bytes
+
+    weights["w"] = torch.full((3,), 7.5)
+    assert pretrained_cache.main(["--check"]) == 1
+    assert "weights DIFFER from the shipped ones in 1 tensors: ['w']" in capsys.readouterr().out
+    assert pretrained_cache.main([]) == 0  # ships the new weights and their digest
+    (entry,) = json.loads((shipped / "manifest.json").read_text())["files"]
+    assert entry["sha256"] == sha256_bytes((shipped / "x.pt").read_bytes()) != sha256_bytes(shipped_bytes)
+    assert pretrained_cache.main(["--check"]) == 0

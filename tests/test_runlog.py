@@ -260,3 +260,17 @@ def test_read_run_verifies_and_no_complete_runs_says_why(tmp_path):
     log.json_path.unlink()
     message = no_complete_runs(folder)
     assert "1 diverged" in message and "run the experiments first" not in message
+
+
+def test_an_option_chosen_by_the_device_is_said_first_and_recorded(tmp_path, capsys):
+    """amp = "auto" is resolved when the run starts: the choice is the run's first line and in its JSON."""
+    cfg = make_cfg(tmp_path, amp="auto")
+    log_some(cfg)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"{cfg.run_name}: on cpu: amp=none (auto)"
+    record = json.loads((cfg.run_dir / f"{cfg.run_name}.json").read_text())
+    assert record["resolved"] == {"amp": "none"} and record["config"]["amp"] == "auto"
+    plain = make_cfg(tmp_path, seed=1)  # nothing chosen: no extra line, the setting recorded as run
+    log_some(plain)
+    assert f"{plain.run_name}: on" not in capsys.readouterr().out
+    assert json.loads((plain.run_dir / f"{plain.run_name}.json").read_text())["resolved"] == {"amp": "none"}

@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 
@@ -144,3 +145,25 @@ def test_per_call_times_steps_and_optimizer_steps_by_kind():
     torch.testing.assert_close(w.detach(), torch.full((3,), 0.7))  # the steps ran, once each
     calls.clear()
     assert not calls.steps and not calls.optimizer_steps
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--k", "0"], "invalid k=0: must be >= 1"),
+    (["--repeats", "-2"], "invalid repeats=-2: must be >= 1"),
+    (["--threads", "0"], "invalid threads=0"),
+])
+def test_impossible_settings_are_one_line_before_anything_runs(argv, message):
+    with pytest.raises(SystemExit, match=re.escape(f"command line: {message}")):
+        main(argv)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('model = "resnet99"\n', "invalid model='resnet99': must be one of"),
+    ("k = 2.5\n", "invalid k=2.5: must be an integer"),
+    ("steps = 10\n[table\n", "is not valid TOML"),
+])
+def test_a_settings_file_is_checked_and_named(tmp_path, text, message):
+    path = tmp_path / "bench.toml"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=f"^{re.escape(str(path))}: .*{re.escape(message)}"):
+        main(["--config", str(path)])

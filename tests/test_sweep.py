@@ -1,5 +1,6 @@
 """Sweeps: grid and random trials, the W&B export, and a tiny real sweep through the runner."""
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -204,3 +205,45 @@ def test_each_trial_is_its_own_wandb_group():
     labels = [sw.variant(s, trial) for trial in trials(s)]
     assert len(set(labels)) == 2 and all(label.startswith(f"variant={s.name}/lr=") for label in labels)
     assert sw.variant(s) == f"variant={s.name}"  # the exported W&B sweep: one label for all its runs
+
+
+def test_a_sweep_file_with_a_syntax_error_is_named(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('module = "m"\nmethod = "x"\n[parameters\n')
+    with pytest.raises(ValueError, match=f"^{path} is not valid TOML"):
+        load_sweep(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('method = "x"\n[parameters]\nlr = { values = [1] }\n', "invalid module=None: must be a string"),
+    ('module = "m"\nmethod = "x"\nseeds = [0, -1]\n[parameters]\nlr = { values = [1] }\n', "invalid seeds="),
+    ('module = "m"\nmethod = "x"\ntrials = "3"\nsearch = "random"\n[parameters]\nlr = { values = [1] }\n',
+     "invalid trials='3': must be an integer"),
+    ('module = "m"\nmethod = "x"\nsearch = "random"\ntrials = 2\n[parameters]\n'
+     'lr = { distribution = "uniform", min = "a", max = 1 }\n', "`min` and `max` must be finite numbers"),
+])
+def test_an_impossible_sweep_file_is_named_with_the_key(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{path}: .*{message}"):
+        load_sweep(path)
+
+
+@pytest.mark.parametrize("table, line", [("parameters", "lrr = {{ values = [0.1] }}"),
+                                         ("fixed", "epochz = 2")])
+def test_an_unknown_key_is_reported_in_the_sweep_files_table(tiny_sweep, table, line):
+    """It was reported as coming from "the command line"."""
+    text = tiny_sweep.read_text().replace(f"[{table}]\n", f"[{table}]\n{line.format()}\n")
+    tiny_sweep.write_text(text)
+    key = line.split()[0]
+    with pytest.raises(ValueError, match=re.escape(f"unknown config key {key!r} in {tiny_sweep} [{table}]")):
+        sw.main([str(tiny_sweep)])
+
+
+def test_an_impossible_trial_fails_before_the_first_trial_runs(tiny_sweep):
+    """Every trial x seed is checked first: the last trial's lr=inf stops the sweep before any run."""
+    tiny_sweep.write_text(tiny_sweep.read_text().replace("values = [0.01, 0.2]", "values = [0.01, inf]"))
+    with pytest.raises(ValueError, match="invalid lr=inf: must be a finite number"):
+        sw.main([str(tiny_sweep)])
+    assert sys.modules["tiny_sweep_exp"].BUILT == []
+    assert not (tiny_sweep.parent / "results").exists()

@@ -98,3 +98,9 @@ def test_one_line_per_evaluation_only_when_not_a_terminal():
         assert stream.getvalue() == ("" if tty else expected)
     # An epoch without evaluation (eval_every > 1) gets its line too, without metrics.
     assert tracking.epoch_line(cfg, 4, 184, 16.0, {}) == f"{cfg.run_name}: epoch 4/15 step 184 16.0 s"
+
+
+def test_the_options_chosen_by_the_device_are_in_the_wandb_config(tmp_path):
+    run = offline_run(tmp_path, amp="auto")["run"][0]
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["amp"] == "auto" and config["resolved"] == {"amp": "none"}

@@ -72,7 +72,8 @@ def test_pretrain_cache_is_written_once_and_reused(tmp_path, monkeypatch):
     path = T.pretrain_path(cfg)
     assert path.parent == tmp_path / "quick" / "transfer" / "pretrained" and path.exists()
     # Atomic: no temp file left (the lock file beside it stays, as every lock file here does).
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".lock"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".lock",
+                                                              path.name + ".sha256"]
     assert state and all(k.startswith("distilbert.") for k in state)
     stamp = path.stat().st_mtime_ns
 
