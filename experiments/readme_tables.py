@@ -110,7 +110,7 @@ def transfer_table(runs: Runs, part: str) -> str:
         below = sum(x < y for x, y in zip(a, b))
         ratio = base_time / mean(runs.values("transfer", multi, "time_s"))
         text += (f"\nMultirate: {ratio:.2f}× shorter training than Train All, {gap:.2f} points below it "
-                 f"(below on {below} of {len(a)} seeds); times are this machine's, from the same runs.\n")
+                 f"(below on {below} of {len(a)} seeds); times: the same runs' training wall-clock.\n")
     return text
 
 
