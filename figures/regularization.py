@@ -25,7 +25,7 @@ METHODS = ("sgd", "dropout", "multirate")  # plotting order; other methods follo
 NAMES = {"multirate": "Multirate (random subgroups)"}  # its fast part: a fresh random subset each cycle
 TITLES = {"regularization_lm": "Transformer LM, {data}: validation loss",
           "regularization_mlp": "One-hidden-layer perceptron, {data}: test accuracy"}
-SHORT = {"regularization_lm": "LM", "regularization_mlp": "perceptron"}
+SHORT = {"regularization_lm": "Transformer LM", "regularization_mlp": "Perceptron"}
 PANELS = {"regularization_lm": ("val_loss", "validation loss (nats/token)"),
           "regularization_mlp": ("test_accuracy", "test accuracy (%)")}
 
@@ -129,7 +129,8 @@ def plot(found: dict[str, pd.DataFrame], data: dict[str, set[str]] | None = None
                                          else "mixed data"), xlabel="epoch", ylabel=label)
         train = found[name][found[name].metric == "train_loss"]
         style.mean_sd(below, train, [m for m in methods if m in set(train.method)], colours, labels)
-        below.set(yscale="log", title="training loss", xlabel="epoch", ylabel="training loss (log scale)")
+        below.set(yscale="log", title=f"{SHORT[name]}: training loss", xlabel="epoch",
+                  ylabel="training loss (log scale)")
     # One legend for the figure: every panel draws the same methods in the same colours.
     entries = {}
     for ax in axes.flat:

@@ -1,6 +1,7 @@
 """The look every figure shares: the paper's method names and colours, multirate drawn apart (bold
-line, cross marker, on top), mean ± sd curves, chance lines, and the note under each figure that
-says what was averaged and on which data.
+line, cross marker, on top, named by its fast part), mean ± sd curves, chance lines, one legend
+for panels that share it, and the note under each figure that says what was averaged, on which
+data, and which runs were left out and why.
 
 Importing it selects matplotlib's file-only backend (Agg: clusters and CI have no display).
 """
@@ -114,10 +115,6 @@ def chance(ax, level: float, text: str = "chance") -> None:
     low, high = ax.get_ylim()
     if level - low < 0.03 * (high - low):
         ax.set_ylim(level - 0.05 * (high - level), high)
-
-
-def legend(ax, **kw) -> None:
-    ax.legend(**{"loc": "best", **kw})
 
 
 def legend_under(ax, handles=None, columns: int = 2) -> None:

@@ -181,7 +181,7 @@ def test_a_diverged_run_is_named_in_the_regularization_and_patch_figures(tmp_pat
     found = regularization.load(tmp_path / "quick")
     left = {"regularization_mlp": left_out.runs(tmp_path / "quick" / "regularization_mlp")}
     fig = regularization.plot(found, None, "quick", left)
-    note = "left out: SGD (perceptron): 2 of 3 seeds, seed 1 diverged at epoch 4"
+    note = "left out: SGD (Perceptron): 2 of 3 seeds, seed 1 diverged at epoch 4"
     assert any(note in t for t in texts(fig))
     table = pd.read_csv(tmp_path / "quick" / "figures" / "regularization.csv")
     assert table.left_out.tolist() == ["2 of 3 seeds, seed 1 diverged at epoch 4"]
