@@ -1,12 +1,15 @@
-"""The README's result tables, generated from the committed reference (never typed in).
+"""The result tables of README.md and the docs/ pages, generated from the committed reference (never
+typed in).
 
-    python -m experiments.reference readme           # rewrite the tables in README.md
-    python -m experiments.reference readme --check   # exit 1 if README.md is not up to date
+    python -m experiments.reference readme           # rewrite the tables of every page
+    python -m experiments.reference readme --check   # exit 1 if a page is not up to date
 
-A table lives between ``<!-- reference:NAME -->`` and ``<!-- /reference -->`` in README.md; `BLOCKS`
-maps NAME to the function that renders it from the reference rows (`experiments.reference.read`) of
-the quick profile; ``NAME-cpu`` renders the same table from the cpu profile's reference.
-tests/test_readme_tables.py fails when a table and the reference disagree, so they cannot.
+A table lives between ``<!-- reference:NAME -->`` and ``<!-- /reference -->`` in any page of `PAGES`
+(README.md and every docs/**/*.md); `BLOCKS` maps NAME to the function that renders it from the
+reference rows (`experiments.reference.read`) of the quick profile; ``NAME-cpu`` renders the same
+table from the cpu profile's reference. Adding a table is one line in `BLOCKS` and the two markers
+in the page that shows it. tests/test_readme.py fails when a table and the reference disagree, or
+when a registered table is shown nowhere.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 
 from experiments import reference
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 BLOCK = re.compile(r"(<!-- reference:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /reference -->)", re.S)
 
 # Our method names -> the paper's (its figures' legends).
@@ -105,7 +110,7 @@ def transfer_table(runs: Runs, part: str) -> str:
         below = sum(x < y for x, y in zip(a, b))
         ratio = base_time / mean(runs.values("transfer", multi, "time_s"))
         text += (f"\nMultirate: {ratio:.2f}× shorter training than Train All, {gap:.2f} points below it "
-                 f"(below on {below} of {len(a)} seeds); times are this machine's, from the same runs.\n")
+                 f"(below on {below} of {len(a)} seeds); times: the same runs' training wall-clock.\n")
     return text
 
 
@@ -212,9 +217,10 @@ def claims_table() -> str:
 PROFILE_SUFFIXES = {"-cpu": "cpu"}  # NAME-cpu: NAME's table from the cpu profile's reference
 
 
-def render(text: str, runs: Runs, by_profile: dict[str, Runs] | None = None) -> str:
+def render(text: str, runs: Runs, by_profile: dict[str, Runs] | None = None, page: str = "README.md") -> str:
     """`text` with every reference block re-rendered from `runs` (the quick profile's) or, for a
-    ``NAME-cpu`` block, from ``by_profile["cpu"]`` (default: the committed cpu reference)."""
+    ``NAME-cpu`` block, from ``by_profile["cpu"]`` (default: the committed cpu reference); `page`
+    names the file in the error for an unknown block."""
     def block(match: re.Match) -> str:
         name, source = match["name"], runs
         for suffix, profile in PROFILE_SUFFIXES.items():
@@ -222,23 +228,46 @@ def render(text: str, runs: Runs, by_profile: dict[str, Runs] | None = None) -> 
                 name = name[: -len(suffix)]
                 source = (by_profile or {}).get(profile) or Runs(reference.read(reference.path(profile)))
         if name not in BLOCKS:
-            raise ValueError(f"README.md: unknown reference block {match['name']!r}; known: {sorted(BLOCKS)}"
+            raise ValueError(f"{page}: unknown reference block {match['name']!r}; known: {sorted(BLOCKS)}"
                              f" (each also as NAME-cpu)")
         return match.group(1) + BLOCKS[name](source) + match.group(4)
 
     return BLOCK.sub(block, text)
 
 
-def main(check_only: bool = False, readme: Path = README) -> int:
-    text = readme.read_text()
-    new = render(text, Runs(reference.read(reference.path("quick"))))
-    if new == text:
-        print(f"{readme}: tables match the reference")
+def pages(root: Path = ROOT) -> list[Path]:
+    """Every page that may hold reference blocks: README.md, then docs/**/*.md in path order."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def shown(root: Path = ROOT) -> dict[str, list[Path]]:
+    """The pages each block name appears in (``NAME-cpu`` under its own name)."""
+    out: dict[str, list[Path]] = defaultdict(list)
+    for page in pages(root):
+        for match in BLOCK.finditer(page.read_text()):
+            out[match["name"]].append(page)
+    return out
+
+
+def main(check_only: bool = False, root: Path = ROOT) -> int:
+    """Rewrite (or, with `check_only`, check) the tables of every page; 1 if a page is out of date."""
+    runs = Runs(reference.read(reference.path("quick")))
+    by_profile = {"cpu": Runs(reference.read(reference.path("cpu")))}
+    stale = []
+    for page in pages(root):
+        text = page.read_text()
+        new = render(text, runs, by_profile, str(page.relative_to(root)))
+        if new == text:
+            continue
+        stale.append(page)
+        if not check_only:
+            page.write_text(new)
+            print(f"{page}: tables rewritten from the reference")
+    if not stale:
+        print(f"{len(pages(root))} pages: tables match the reference")
         return 0
     if check_only:
-        print(f"{readme}: tables differ from experiments/reference/quick.csv (or cpu.csv); "
-              "run `python -m experiments.reference readme`")
+        print(f"{', '.join(str(p.relative_to(root)) for p in stale)}: tables differ from "
+              "experiments/reference/quick.csv (or cpu.csv); run `python -m experiments.reference readme`")
         return 1
-    readme.write_text(new)
-    print(f"{readme}: tables rewritten from the reference")
     return 0

@@ -4,7 +4,7 @@
     python -m experiments.reference update [--profile quick] [--experiment transfer,...] [--results-dir DIR]
                                            [--merge]
     python -m experiments.reference slice  [--results-dir DIR]   # rerun the CI slice and check it
-    python -m experiments.reference readme [--check]             # README tables <- the reference
+    python -m experiments.reference readme [--check]             # README and docs/ tables <- the reference
 
 ``experiments/reference/<profile>.csv`` holds, for every complete run under ``results/<profile>/``
 (the ablations' ``results/ablations/<name>/<profile>/`` and the tuning trials'
@@ -15,11 +15,11 @@ hashes its whole config, so a run with other settings is a different row, never 
 
 ``check`` compares what is under ``results/`` with the reference and prints every mismatch: values
 must be equal to the bit (the determinism contract, `experiments.determinism`), except training
-times (metrics named ``time_s``), which are recorded for the README but never compared. A
+times (metrics named ``time_s``), which are recorded for the tables but never compared. A
 reference row without a result is "missing"; a result without a reference row is listed as "new".
 It exits 1 on any mismatch or missing row. ``update`` rewrites the selected experiments' rows;
 with ``--merge`` it only adds or replaces the runs that are under ``results/`` (how the ``cpu``
-profile's reference grows across sessions: its figures take hours, results/ lasts one session).
+profile's reference grows run by run: its figures take hours, and results/ need not keep them all).
 
 ``slice`` is CI's reproduction check: the runs of ``experiments/reference/slice.toml`` (one method and
 seed per figure with a shortened, fixed config) into a fresh folder, then ``check`` against
@@ -216,8 +216,8 @@ def update(profile: str, results_dir: str | Path, experiments: list[str] | None,
            file: Path | None = None, merge: bool = False) -> int:
     """Rewrite the reference from the complete runs under `results_dir` (only the selected
     experiments' rows when `experiments` is given). With `merge`, rows of runs that are not under
-    `results_dir` are kept: a profile whose runs span sessions (``cpu``: hours of runs, while
-    results/ does not outlive a session) is recorded run by run."""
+    `results_dir` are kept: a profile whose runs are made at different times (``cpu``: hours of
+    runs, which results/ need not keep all of) is recorded run by run."""
     file = file or path(profile)
     fresh = [r for r in collect(results_dir, profile) if _selected(r, experiments)]
     fresh_runs = {(r["experiment"], r["run"]) for r in fresh}
@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update", action="store_true", help="slice: rewrite slice.csv instead of checking")
     parser.add_argument("--merge", action="store_true",
                         help="update: keep the reference rows of runs that are not under the results folder")
-    parser.add_argument("--check", action="store_true", help="readme: fail if the README is not up to date")
+    parser.add_argument("--check", action="store_true",
+                        help="readme: fail if a page's tables (README.md, docs/) are not up to date")
     args = parser.parse_args(argv)
     experiments = folders([e.strip() for e in args.experiment.split(",")]) if args.experiment else None
     if args.command == "check":

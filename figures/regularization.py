@@ -1,5 +1,6 @@
 """Regularisation figure: validation loss vs epoch of the transformer LM and test accuracy vs epoch of
-the perceptron, per method (mean ± sd over seeds), from the CSVs under
+the perceptron, per method (mean ± sd over seeds), and under each its training loss (the claims are
+about over-fitting: the gap between the two), from the CSVs under
 results/<profile>/regularization_lm/ and results/<profile>/regularization_mlp/.
 
     python -m figures.regularization [--profile quick|cpu|paper] [--results-dir results]
@@ -7,8 +8,9 @@ results/<profile>/regularization_lm/ and results/<profile>/regularization_mlp/.
 Writes results/<profile>/figures/regularization.{png,pdf} and prints (and saves as
 regularization.csv) the summary: per experiment and method, means over seeds of the minimum
 validation loss and its epoch, the final validation loss, the rise from one to the other, the test
-perplexity at the best-validation epoch (LM), and the final and best test accuracy (perceptron).
-Either experiment may be missing; the figure then has only the other panel.
+perplexity at the best-validation epoch (LM), the final and best test accuracy (perceptron), and
+which runs were left out and why (`figures.left_out`). Either experiment may be missing; the figure
+then has only the other column.
 """
 
 from pathlib import Path
@@ -16,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.runlog import no_complete_runs, read_results, read_runs
-from figures import results_root, save, style
+from figures import left_out, results_root, save, style
 from figures.style import plt
 
 METHODS = ("sgd", "dropout", "multirate")  # plotting order; other methods follow
+NAMES = {"multirate": "Multirate (random subgroups)"}  # its fast part: a fresh random subset each cycle
 TITLES = {"regularization_lm": "Transformer LM, {data}: validation loss",
           "regularization_mlp": "One-hidden-layer perceptron, {data}: test accuracy"}
+SHORT = {"regularization_lm": "Transformer LM", "regularization_mlp": "Perceptron"}
 PANELS = {"regularization_lm": ("val_loss", "validation loss (nats/token)"),
           "regularization_mlp": ("test_accuracy", "test accuracy (%)")}
 
@@ -59,9 +63,10 @@ def per_run_mlp(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summarise(found: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def summarise(found: dict[str, pd.DataFrame], left: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Means (and sds, columns ``*_sd``) over seeds of the per-run numbers, one row per experiment
-    and method."""
+    and method; with `left` (per experiment, `left_out.runs`), a ``left_out`` column saying which
+    runs were left out and why."""
     tables = []
     for name, rows in found.items():
         runs = per_run_lm(rows) if name == "regularization_lm" else per_run_mlp(rows)
@@ -69,13 +74,16 @@ def summarise(found: dict[str, pd.DataFrame]) -> pd.DataFrame:
         mean, sd = stats.mean(), stats.std().add_suffix("_sd")
         table = pd.concat([mean, sd], axis=1)[[c for col in mean for c in (col, f"{col}_sd")]]
         table["seeds"] = runs.groupby("method").seed.nunique()
-        tables.append(table.reset_index().assign(experiment=name))
+        table = table.reset_index()
+        if left is not None:
+            table = left_out.add_column(table, left[name], rows)
+        tables.append(table.assign(experiment=name))
     summary = pd.concat(tables, ignore_index=True)
     order = {m: i for i, m in enumerate(METHODS)}
     summary = summary.sort_values(["experiment", "method"], key=lambda c: c.map(order) if c.name == "method"
                                   else c).reset_index(drop=True)
-    values = [c for c in summary.columns if c not in ("experiment", "method", "seeds")]
-    return summary[["experiment", "method", *values, "seeds"]]
+    values = [c for c in summary.columns if c not in ("experiment", "method", "seeds", "left_out")]
+    return summary[["experiment", "method", *values, "seeds", *(["left_out"] if left is not None else [])]]
 
 
 def datasets(root: Path, found: dict[str, pd.DataFrame]) -> dict[str, set[str]]:
@@ -87,15 +95,17 @@ def datasets(root: Path, found: dict[str, pd.DataFrame]) -> dict[str, set[str]]:
     return out
 
 
-def plot(found: dict[str, pd.DataFrame], data: dict[str, set[str]] | None = None, profile: str = "quick"):
+def plot(found: dict[str, pd.DataFrame], data: dict[str, set[str]] | None = None, profile: str = "quick",
+         left: dict[str, pd.DataFrame] | None = None):
     names = [n for n in PANELS if n in found]
     data = data or {name: {""} for name in names}
     methods = style.ordered({m for rows in found.values() for m in rows.method}, METHODS)
     colours = style.palette(methods)
-    labels = {m: style.name(m) for m in methods}
-    fig, axes = plt.subplots(1, len(names), figsize=(5.8 * len(names), 4.6), squeeze=False)
+    labels = {m: style.name(m, NAMES) for m in methods}
+    fig, axes = plt.subplots(2, len(names), figsize=(5.8 * len(names), 7.6), squeeze=False,
+                             gridspec_kw=dict(height_ratios=(1.3, 1)))
     seeds = []
-    for ax, name in zip(axes[0], names):
+    for (ax, below), name in zip(axes.T, names):
         metric, label = PANELS[name]
         rows = found[name][found[name].metric == metric]
         present = [m for m in methods if m in set(rows.method)]
@@ -117,17 +127,32 @@ def plot(found: dict[str, pd.DataFrame], data: dict[str, set[str]] | None = None
             ax.set_ylim(final.min() - 0.5, min(final.max() + 0.5, 100.0))  # never above 100 %
         ax.set(title=TITLES[name].format(data=style.data_name(sorted(data[name])[0]) if len(data[name]) == 1
                                          else "mixed data"), xlabel="epoch", ylabel=label)
-        style.legend(ax)
+        train = found[name][found[name].metric == "train_loss"]
+        style.mean_sd(below, train, [m for m in methods if m in set(train.method)], colours, labels)
+        below.set(yscale="log", title=f"{SHORT[name]}: training loss", xlabel="epoch",
+                  ylabel="training loss (log scale)")
+    # One legend for the figure: every panel draws the same methods in the same colours.
+    entries = {}
+    for ax in axes.flat:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(text, handle)
     datasets_shown = [d for name in names for d in data[name]]
-    style.finish(fig, f"{style.seeds_note(seeds)} · {style.data_note(datasets_shown, profile)}")
+    note = f"{style.seeds_note(seeds)} · {style.data_note(datasets_shown, profile)}"
+    left = left or {}
+    omitted = left_out.note([part for name in names for part in left_out.described(
+        left.get(name, left_out.nothing()), found[name],
+        lambda m, name=name: f"{style.name(m, NAMES)} ({SHORT[name]})")])
+    style.figure_legend(fig, list(entries.values()), list(entries), len(entries), note, omitted)
+    style.finish(fig, note, legend_rows=1, left_out=omitted)
     return fig
 
 
 def main(argv=None):
     root = results_root(__doc__.splitlines()[0], argv)
     found = load(root)
-    summary = summarise(found)
-    save(plot(found, datasets(root, found), root.name), summary, root, "regularization")
+    left = {name: left_out.runs(root / name) for name in found}
+    summary = summarise(found, left)
+    save(plot(found, datasets(root, found), root.name, left), summary, root, "regularization")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         for _, table in summary.groupby("experiment", sort=False):
             print(table.dropna(axis=1, how="all").to_string(index=False, float_format="%.4g"))

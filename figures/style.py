@@ -1,6 +1,7 @@
 """The look every figure shares: the paper's method names and colours, multirate drawn apart (bold
-line, cross marker, on top), mean ± sd curves, chance lines, and the note under each figure that
-says what was averaged and on which data.
+line, cross marker, on top, named by its fast part), mean ± sd curves, chance lines, one legend
+for panels that share it, and the note under each figure that says what was averaged, on which
+data, and which runs were left out and why.
 
 Importing it selects matplotlib's file-only backend (Agg: clusters and CI have no display).
 """
@@ -22,20 +23,18 @@ plt.rcParams.update({
     "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.4,
 })
 
-# Method names as the paper's figures write them (DistilBERT: "fc" is the classification head).
+# Method names as the paper's figures write them, every multirate curve named by its fast part
+# (DistilBERT: "fc" is the classification head). The patch and regularisation figures name their
+# own multirate methods (`figures.patch.NAMES`, `figures.regularization.NAMES`).
 NAMES = {
-    "train_all": "Train All", "multirate": "Multirate",
+    "train_all": "Train All", "multirate": "Multirate (fc fast)",
     "layer2+3+4+fc": "Train Layer 2 + 3 + 4 + fc", "layer3+4+fc": "Train Layer 3 + 4 + fc",
     "layer4+fc": "Train Layer 4 + fc", "fc": "Train Layer fc",
-    "distilbert_multirate": "Multirate, fast: fc", "distilbert_multirate_l5": "Multirate, fast: Layer 5 + fc",
+    "distilbert_multirate": "Multirate (fc fast)", "distilbert_multirate_l5": "Multirate (Layer 5 + fc fast)",
     "distilbert_train_all": "Train All", "distilbert_train_345": "Train Layer 3 + 4 + 5 + fc",
     "distilbert_train_45": "Train Layer 4 + 5 + fc", "distilbert_train_5": "Train Layer 5 + fc",
     "distilbert_head_only": "Train Layer fc",
     "sgd": "SGD", "dropout": "SGD + dropout",
-    "small_lr": "h = 0.004", "large_lr": "h = 0.1", "multirate_early": "Multirate, fast: shallow half",
-    "multirate_biases": "Multirate, fast: biases", "multirate_weights": "Multirate, fast: weights",
-    "multirate_random_half": "Multirate, fast: a random half of each tensor",
-    "multirate_bn": "Multirate, fast: batch norm",
 }
 # The paper's colours: multirate blue in the transfer figure, green in the patch figure.
 COLOURS = {
@@ -55,9 +54,10 @@ DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "sst2": "SST-2", "pt
 BAND_ALPHA = 0.18
 
 
-def name(method: str) -> str:
-    """The paper's name of `method` (the method itself when the paper has none)."""
-    return NAMES.get(method, method)
+def name(method: str, names: dict[str, str] | None = None) -> str:
+    """The paper's name of `method` (`names` first, then `NAMES`; the method itself when neither has
+    one)."""
+    return (names or {}).get(method) or NAMES.get(method, method)
 
 
 def is_multirate(method: str) -> bool:
@@ -117,19 +117,35 @@ def chance(ax, level: float, text: str = "chance") -> None:
         ax.set_ylim(level - 0.05 * (high - level), high)
 
 
-def legend(ax, **kw) -> None:
-    ax.legend(**{"loc": "best", **kw})
+def legend_under(ax, handles=None, columns: int = 2) -> None:
+    """The panel's legend under its x-axis label, outside the curves: for a legend that also names
+    the curves of the panels above it (they share it)."""
+    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=columns, frameon=False)
 
 
-def legend_below_curves(ax) -> None:
-    """The legend in an empty strip added under the curves: for panels whose curves pass through
-    every corner, where "best" would still cover one."""
-    entries = len(ax.get_legend_handles_labels()[1])
-    strip = min(0.6, 0.052 * entries + 0.05)  # the legend's height, as a fraction of the axes
-    low, high = ax.get_ylim()
-    below = low - strip / (1 - strip) * (high - low)
-    ax.set_ylim(max(below, 0.0) if low >= 0 else below, high)  # no accuracy axis below 0 %
-    ax.legend(loc="lower right")
+def legend_handle(method: str, colour, label: str):
+    """One legend entry for a method drawn both as a curve and as a point: its line and its marker."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=colour, label=label, **line_style(method), **marker_style(method))
+
+
+def focus(ax, rows: pd.DataFrame, x: str = "epoch", y: str = "value", top: float | None = None) -> None:
+    """A y-range that shows the gaps between the mean curves: from the lowest mean − sd to the
+    highest mean + sd, with a margin, never above `top` (e.g. 100 %); the first evaluation is left
+    below the range when it lies so far below the rest that it would squeeze them into half of it."""
+    stats = rows.groupby(["method", x])[y].agg(["mean", "std"]).reset_index()
+    stats["std"] = stats["std"].fillna(0)
+    later = stats[stats[x] > stats[x].min()]
+    later = later if not later.empty else stats
+    low, high = (stats["mean"] - stats["std"]).min(), (stats["mean"] + stats["std"]).max()
+    low_later = (later["mean"] - later["std"]).min()
+    if low_later - low > high - low_later:  # the first evaluation would squeeze the rest into half
+        low = low_later
+    margin = 0.08 * max(high - low, 1e-9)
+    high = high + margin if top is None else min(high + margin, top)
+    ax.set_ylim(low - margin, high)
 
 
 def seeds_note(seeds: Iterable[int]) -> str:
@@ -152,8 +168,31 @@ def data_note(datasets: Iterable[str], profile: str) -> str:
     return f"{profile} profile: " + ", ".join(names)
 
 
-def finish(fig, note: str, legend_rows: int = 0) -> None:
-    """Lay the figure out with `note` in small grey type along its bottom edge (above it, room for
-    a figure legend of `legend_rows` rows)."""
-    fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=8, color="0.3")
-    fig.tight_layout(rect=(0, 0.04 + 0.045 * legend_rows + (0.01 if legend_rows else 0), 1, 1))
+NOTE_LINE_IN = 0.16  # the height of a line of the note (8-point type), inches
+NOTE_CHAR_IN = 0.062  # the width of a character of it, about, inches
+LEGEND_ROW_IN = 0.21  # the height of a row of a figure legend, inches
+
+
+def note_lines(fig, note: str, left_out: str = "") -> int:
+    """How many lines the note of `finish` takes, wrapped to the figure's width."""
+    width = int(0.9 * fig.get_figwidth() / NOTE_CHAR_IN)  # characters in a wrapped line
+    return sum(-(-len(line) // width) for line in (note, left_out) if line)
+
+
+def figure_legend(fig, handles, labels, columns: int, note: str, left_out: str = "") -> None:
+    """One legend for all panels, under them and above the note that `finish` writes (give both the
+    same `note` and `left_out`, and `finish` the legend's rows)."""
+    fig.legend(handles, labels, loc="lower center", frameon=False, ncol=columns,
+               bbox_to_anchor=(0.5, (0.03 + NOTE_LINE_IN * note_lines(fig, note, left_out))
+                               / fig.get_figheight()))
+
+
+def finish(fig, note: str, legend_rows: int = 0, left_out: str = "") -> None:
+    """Lay the figure out with `note` in small grey type along its bottom edge, and under it
+    `left_out` (the runs the figure leaves out and why; `figures.left_out.note`) when there are any;
+    above them, room for a figure legend of `legend_rows` rows (`figure_legend`)."""
+    fig.text(0.5, 0.01, "\n".join(line for line in (note, left_out) if line), ha="center", va="bottom",
+             fontsize=8, color="0.3", wrap=True)
+    lines = note_lines(fig, note, left_out)
+    inches = 0.05 + NOTE_LINE_IN * lines + (LEGEND_ROW_IN * legend_rows + 0.05 if legend_rows else 0)
+    fig.tight_layout(rect=(0, inches / fig.get_figheight(), 1, 1))

@@ -147,7 +147,7 @@ def test_update_merge_keeps_the_runs_that_are_not_under_results(tmp_path):
 
     finish("a-seed0-x", 1.0)
     reference.update("cpu", tmp_path, None, file)
-    (folder / "a-seed0-x.csv").unlink()  # a later session: results/ is gone, another run is done
+    (folder / "a-seed0-x.csv").unlink()  # later: results/ is gone, another run is done
     (folder / "a-seed0-x.json").unlink()
     finish("b-seed0-x", 2.0)
     reference.update("cpu", tmp_path, None, file, merge=True)
