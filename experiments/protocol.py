@@ -185,8 +185,11 @@ def tune(protocol: Protocol, profile: str, results_dir: str | Path = "results", 
         for method in protocol.methods:
             trial(method, h, point_name(h))
     for method, choice in select(protocol, reference.collect(results_dir, profile)).items():
-        if choice.h is not None:
-            trial(method, choice.h, EPOCHS_POINT, 2 * load_config(config_cls, toml, profile, method).epochs)
+        if len(choice.scores) < len(protocol.grid):  # a trial another process still trains: its turn
+            print(f"{protocol.name}: {method} has {len(choice.scores)} of {len(protocol.grid)} trials; "
+                  "its 2x-epochs trial waits for the rest (rerun tune)", flush=True)
+            continue
+        trial(method, choice.h, EPOCHS_POINT, 2 * load_config(config_cls, toml, profile, method).epochs)
 
 
 # ----------------------------------------------------------------------------- command line

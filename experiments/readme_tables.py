@@ -52,6 +52,7 @@ class Runs:
     """The reference rows of one profile, as {experiment: {run: {"method", "seed", metric: value}}}."""
 
     def __init__(self, rows: list[dict]):
+        self.rows = list(rows)
         self.by_experiment: dict[str, dict[str, dict]] = defaultdict(dict)
         for r in rows:
             runs = self.by_experiment[r["experiment"]]
@@ -203,8 +204,30 @@ BLOCKS: dict[str, Callable[[Runs], str]] = {
     "ablation-fast": lambda runs: ablation_table(runs, "fast"),
     "ablation-subgroups": lambda runs: ablation_table(runs, "subgroups"),
     "claims": lambda runs: claims_table(),
+    "sensitivity": lambda runs: sensitivity_table(runs),
+    "protocol-transfer": lambda runs: protocol_tables(runs, ("transfer_resnet", "transfer_distilbert")),
+    "protocol-regularization": lambda runs: protocol_tables(runs, ("regularization_lm",
+                                                                   "regularization_mlp")),
     "convergence": convergence_table,
 }
+
+
+def sensitivity_table(runs: Runs) -> str:
+    from experiments.claims import sensitivity_table as table
+
+    return table(runs)
+
+
+def protocol_tables(runs: Runs, names: tuple[str, ...]) -> str:
+    """Every tuning trial's held-out score per method, the choice in bold (experiments/protocol.py)."""
+    from experiments import protocol
+
+    out = []
+    for name in names:
+        p = protocol.PROTOCOLS[name]
+        out.append(f"{name}: held-out {p.metric}, seed 0\n\n"
+                   + protocol.selection_table(p, protocol.select(p, runs.rows)))
+    return "\n".join(out)
 
 
 def claims_table() -> str:

@@ -282,11 +282,14 @@ def ablation_section(results_dir: Path, profile: str) -> str:
 def claims_section(results_dir: Path, profile: str) -> str:
     """Each claim of the paper as the quantity it is about, per seed, with its verdict
     (experiments/claims.py), from the complete runs under results/<profile>."""
-    from experiments.claims import table
+    from experiments.claims import sensitivity_table, table
     from experiments.readme_tables import Runs
     from experiments.reference import collect
 
-    return "## The paper's claims\n\n" + table({profile: Runs(collect(results_dir, profile))}, missing="—")
+    runs = Runs(collect(results_dir, profile))
+    return ("## The paper's claims\n\n" + table({profile: runs}, missing="—")
+            + "\n### Sensitivity of each verdict (held-out trials of the comparison protocol)\n\n"
+            + sensitivity_table(runs))
 
 
 def report(results_dir: str | Path, profile: str) -> str:
