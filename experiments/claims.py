@@ -14,6 +14,8 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from experiments import protocol
+
 OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}
 
 
@@ -206,8 +208,6 @@ POINTS = ("chosen", "one step down", "one step up", "2× epochs")
 def sensitivity_views(runs) -> dict[str, object]:
     """The held-out trials (experiments/protocol.py) as runs the claims can read, per point: every
     method at its chosen step size, all one grid step down, all one step up, and at 2× the epochs."""
-    from experiments import protocol
-
     views = {point: {} for point in POINTS}
     for p in protocol.PROTOCOLS.values():
         for method, choice in protocol.select(p, runs.rows).items():

@@ -52,7 +52,8 @@ NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "
 # Fields added after runs were recorded: left out of the hash while at their default, so that
 # those runs keep their names (and are not trained again).
 HASHED_IF_CHANGED = ("nesterov", "betas", "eps", "threads", "deterministic", "amp", "channels_last",
-                     "compile", "cudnn_benchmark", "lr_batch", "zero_slow_every_step", "holdout")
+                     "compile", "cudnn_benchmark", "lr_batch", "zero_slow_every_step", "holdout",
+                     "slow_lr_scale")
 
 # Chosen by arguments (--profile/--method), never by a file or an override.
 _RESERVED = {"profile": "--profile", "method": "--method"}
@@ -80,6 +81,10 @@ class RunConfig:
     # holdout > 0 the run trains on the rest and every evaluation reads the held-out part in place of
     # the test set, under the test set's metric names: a tuning run never reads the test data.
     holdout: float = 0.0
+    # A diagnostic, not Algorithm 1: the slow layer groups' step size is lr * slow_lr_scale (1: h).
+    # slow_lr_scale = k makes a drifting slow part move h per step, k times Algorithm 1's h/k (what
+    # the authors' optimizer file does when given one step size for everything).
+    slow_lr_scale: float = 1.0
     k: int = 1
     momentum: float = 0.9
     nesterov: bool = False  # SGD bases ("sgd", "multirate")
@@ -131,6 +136,9 @@ class RunConfig:
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("lr_batch", self.lr_batch >= 0, ">= 0 (0: the lr is for batch_size itself)"),
             ("holdout", 0 <= self.holdout < 1, "in [0, 1) (0: train on the whole training set)"),
+            ("slow_lr_scale", self.slow_lr_scale > 0 and (self.slow_lr_scale == 1
+                                                          or self.optimizer.startswith("multirate")),
+             "> 0, and 1 unless the optimizer is a multirate one"),
             ("zero_slow_every_step", not self.zero_slow_every_step or self.partition == "random_subgroups",
              "false unless partition = 'random_subgroups'"),
             ("gamma", self.gamma > 0, "> 0"),

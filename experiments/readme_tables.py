@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments import reference
+from experiments import claims, protocol, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -130,6 +130,32 @@ def patch_table(runs: Runs, names: dict[str, str] = PATCH_NAMES) -> str:
                     [[row[0], str(n), *row[1:]] for row, n in zip(rows, seeds)])
 
 
+PREMISE_SETTINGS = {"P1": "the profile's table (4,000 images, 40 epochs, lr_batch = 32)",
+                    "P2": "lr_batch = 16 (both step sizes twice as large)",
+                    "P3": "8,000 images, 20 epochs (the same 20,000 steps)"}
+
+
+def patch_premise_table(runs: Runs) -> str:
+    """The patch design check that asks for the paper's premise (patch.toml), one row per setting
+    tried (seed 0, final epoch), from the reference's ``design/<setting>/patch`` rows."""
+    rows = []
+    for name, text in PREMISE_SETTINGS.items():
+        exp = f"design/{name}/patch"
+        (small, small_only), (large, large_only) = (
+            (runs.values(exp, m, "clean_accuracy"), runs.values(exp, m, "patch_only_accuracy"))
+            for m in ("small_lr", "large_lr"))
+        if not (small and large):
+            continue
+        passed = abs(large[0] - small[0]) <= 10 and small_only[0] >= 80 and large_only[0] <= 40
+        rows.append([name, text, f"{small[0]:.1f} / {small_only[0]:.1f}",
+                     f"{large[0]:.1f} / {large_only[0]:.1f}", f"{large[0] - small[0]:.1f}",
+                     "passed" if passed else "FAILED"])
+    if not rows:
+        return "not run\n"
+    return markdown(["", "setting", "small h: clean / patch-only (%)", "large h: clean / patch-only (%)",
+                     "clean gap (points)", "premise"], rows)
+
+
 def regularization_table(runs: Runs) -> str:
     lm, mlp = "regularization_lm", "regularization_mlp"
     methods = [m for m in REG_NAMES if m in runs.methods(lm) or m in runs.methods(mlp)]
@@ -199,12 +225,14 @@ BLOCKS: dict[str, Callable[[Runs], str]] = {
     "patch": patch_table,
     "patch-partitions": lambda runs: patch_table(runs, {**PATCH_NAMES, **PARTITION_NAMES}),
     "regularization": regularization_table,
+    "patch-before": lambda runs: patch_table(claims.before(runs), {**PATCH_NAMES, **PARTITION_NAMES}),
+    "patch-premise": patch_premise_table,
     "ablation-k": lambda runs: ablation_table(runs, "k"),
     "ablation-drift": lambda runs: ablation_table(runs, "drift"),
     "ablation-fast": lambda runs: ablation_table(runs, "fast"),
     "ablation-subgroups": lambda runs: ablation_table(runs, "subgroups"),
     "claims": lambda runs: claims_table(),
-    "sensitivity": lambda runs: sensitivity_table(runs),
+    "sensitivity": claims.sensitivity_table,
     "protocol-transfer": lambda runs: protocol_tables(runs, ("transfer_resnet", "transfer_distilbert")),
     "protocol-regularization": lambda runs: protocol_tables(runs, ("regularization_lm",
                                                                    "regularization_mlp")),
@@ -212,16 +240,8 @@ BLOCKS: dict[str, Callable[[Runs], str]] = {
 }
 
 
-def sensitivity_table(runs: Runs) -> str:
-    from experiments.claims import sensitivity_table as table
-
-    return table(runs)
-
-
 def protocol_tables(runs: Runs, names: tuple[str, ...]) -> str:
     """Every tuning trial's held-out score per method, the choice in bold (experiments/protocol.py)."""
-    from experiments import protocol
-
     out = []
     for name in names:
         p = protocol.PROTOCOLS[name]
@@ -232,9 +252,7 @@ def protocol_tables(runs: Runs, names: tuple[str, ...]) -> str:
 
 def claims_table() -> str:
     """Every claim, quick and cpu profiles side by side (a profile without a reference: "not run")."""
-    from experiments.claims import table
-
-    return table({p: Runs(reference.read(reference.path(p))) for p in ("quick", "cpu")})
+    return claims.table({p: Runs(reference.read(reference.path(p))) for p in ("quick", "cpu")})
 
 
 PROFILE_SUFFIXES = {"-cpu": "cpu"}  # NAME-cpu: NAME's table from the cpu profile's reference

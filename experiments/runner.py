@@ -110,7 +110,12 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The torch optimizer of cfg.optimizer's base over the trained parameters ("sgd", "adamw"), or
     its multirate optimizer over their cfg.partition ("multirate*", see `param_groups`)."""
     if cfg.optimizer.startswith("multirate"):
-        return _optimizer(cfg, param_groups(cfg, model))
+        groups = param_groups(cfg, model)
+        if cfg.slow_lr_scale != 1:  # a diagnostic: the slow part's own step size (its drift lr/k per step)
+            for group in groups:
+                if group.get("rate") == "slow":
+                    group["lr"] = cfg.step_lr * cfg.slow_lr_scale
+        return _optimizer(cfg, groups)
     return _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
 
 

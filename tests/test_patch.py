@@ -271,3 +271,18 @@ def test_paper_profile_reads_cifar10(tmp_path, monkeypatch):
     assert data["x"].shape == (40, 3, 32, 32) and data["patches"].top == 12
     result = run(cfg, task)
     assert result["status"] == "complete"
+
+
+def test_the_slow_drift_diagnostic_moves_the_slow_part_k_times_as_far(tmp_path):
+    # slow_lr_scale = k: the slow groups step with h * k, so their drift is h per step (not h/k)
+    from experiments.runner import build_optimizer
+
+    cfg = quick_cfg(tmp_path, "multirate_slow_drift_h")
+    groups = build_optimizer(cfg, WideResNet(GENERATED_CLASSES, 16, 1)).param_groups
+    lrs = {g["rate"]: g["lr"] for g in groups}
+    assert lrs == {"slow": pytest.approx(0.1 * 25), "fast": pytest.approx(0.1)}
+    plain = {g["rate"]: g["lr"] for g in build_optimizer(quick_cfg(tmp_path, "multirate"),
+                                                          WideResNet(GENERATED_CLASSES, 16, 1)).param_groups}
+    assert plain == {"slow": pytest.approx(0.1), "fast": pytest.approx(0.1)}
+    with pytest.raises(ValueError, match="slow_lr_scale"):
+        quick_cfg(tmp_path, "small_lr", "slow_lr_scale=2")
