@@ -18,7 +18,7 @@ SLURM ?=# options for experiments.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08
 
 .PHONY: help setup test test-all lint clean fig-transfer fig-patch fig-regularization speedup
 .PHONY: figures ablations report convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
-.PHONY: patch-partitions reference-check readme-tables plan pretrain
+.PHONY: patch-partitions reference-check readme-tables plan pretrain tune-transfer tune-regularization
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -62,6 +62,24 @@ else
 	wait $$a && test $$b -eq 0
 endif
 	$(PY) -m figures.transfer --profile $(PROFILE)
+
+tune-transfer: setup  ## the comparison protocol's trials for the transfer figure (docs/protocol.md), then the choice; PROFILE
+	$(PY) -m experiments.protocol tune transfer_resnet --profile $(PROFILE) --skip-running && \
+	$(PY) -m experiments.protocol tune transfer_distilbert --profile $(PROFILE) --skip-running & a=$$!; \
+	$(PY) -m experiments.protocol tune transfer_distilbert --profile $(PROFILE) --skip-running && \
+	$(PY) -m experiments.protocol tune transfer_resnet --profile $(PROFILE) --skip-running; b=$$?; \
+	wait $$a && test $$b -eq 0
+	$(PY) -m experiments.protocol select transfer_resnet --profile $(PROFILE) --results-dir results
+	$(PY) -m experiments.protocol select transfer_distilbert --profile $(PROFILE) --results-dir results
+
+tune-regularization: setup  ## the comparison protocol's trials for the regularisation figure, then the choice; PROFILE
+	$(PY) -m experiments.protocol tune regularization_lm --profile $(PROFILE) --skip-running && \
+	$(PY) -m experiments.protocol tune regularization_mlp --profile $(PROFILE) --skip-running & a=$$!; \
+	$(PY) -m experiments.protocol tune regularization_mlp --profile $(PROFILE) --skip-running && \
+	$(PY) -m experiments.protocol tune regularization_lm --profile $(PROFILE) --skip-running; b=$$?; \
+	wait $$a && test $$b -eq 0
+	$(PY) -m experiments.protocol select regularization_lm --profile $(PROFILE) --results-dir results
+	$(PY) -m experiments.protocol select regularization_mlp --profile $(PROFILE) --results-dir results
 
 fig-patch: setup  ## patch-augmented data (WRN-16: small h, large h, multirate) and its figure; PROFILE, SEEDS
 	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_FIGURE) --skip-running & a=$$!; \

@@ -284,4 +284,4 @@ def sensitivity_table(runs) -> str:
         cells, word = sensitivity(claim, views)
         if word != "—":
             lines.append(_row([claim.name, *(cells[p] for p in POINTS), word]))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if len(lines) > 2 else "not run\n"

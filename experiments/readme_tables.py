@@ -44,7 +44,8 @@ PATCH_NAMES = {"small_lr": "small h (0.004)", "large_lr": "large h (0.1)",
 PARTITION_NAMES = {"multirate_biases": "Multirate, biases fast",
                    "multirate_weights": "Multirate, weights fast",
                    "multirate_random_half": "Multirate, a fixed random half of every tensor fast",
-                   "multirate_bn": "Multirate, batch-norm parameters fast"}
+                   "multirate_bn": "Multirate, batch-norm parameters fast",
+                   "multirate_slow_drift_h": "Diagnostic: deep half fast, slow part drifting at h per step"}
 REG_NAMES = {"sgd": "SGD", "dropout": "SGD + dropout", "multirate": "**Multirate**, random subgroups"}
 
 
@@ -245,8 +246,12 @@ def protocol_tables(runs: Runs, names: tuple[str, ...]) -> str:
     out = []
     for name in names:
         p = protocol.PROTOCOLS[name]
+        choices = protocol.select(p, runs.rows)
+        if not any(c.scores for c in choices.values()):
+            out.append(f"{name}: not run\n")
+            continue
         out.append(f"{name}: held-out {p.metric}, seed 0\n\n"
-                   + protocol.selection_table(p, protocol.select(p, runs.rows)))
+                   + protocol.selection_table(p, choices))
     return "\n".join(out)
 
 

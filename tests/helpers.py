@@ -89,6 +89,13 @@ def write_toml(path):
 
 
 # A transfer network and data sets small enough for a test: a few hundred milliseconds per run.
+# Regularisation tasks small enough for a test
+LM_TINY = ["d_model=8", "n_heads=2", "d_ff=16", "n_layers=1", "seq_len=8", "vocab_size=12", "branching=3",
+           "chain_len=40", "train_tokens=400", "valid_tokens=200", "test_tokens=200", "eval_batch_size=4",
+           "batch_size=8", "epochs=2", "wandb=disabled", "device=cpu", "checkpoint=false"]
+MLP_TINY = ["hidden=16", "image_size=8", "classes=3", "prototypes=2", "n_train=64", "n_test=32",
+            "batch_size=16", "epochs=2", "eval_batch_size=10", "wandb=disabled", "device=cpu",
+            "checkpoint=false"]
 TRANSFER_TINY = ["widths=4,8,8,8", "blocks=1,1,1,1", "target_train=64", "target_test=32", "source_train=64",
                  "source_test=32", "pretrain_epochs=1", "pretrain_batch_size=32", "batch_size=32", "epochs=1",
                  "eval_batch_size=16", "wandb=disabled", "device=cpu"]

@@ -13,8 +13,7 @@ from experiments.data import holdout_split
 from experiments.readme_tables import Runs
 from experiments.regularization_lm import LMConfig, LMTask
 from experiments.runner import run
-from tests.helpers import TRANSFER_TINY
-from tests.test_regularization import LM_TINY, MLP_TINY
+from tests.helpers import LM_TINY, MLP_TINY, TRANSFER_TINY
 
 
 @pytest.fixture(autouse=True)

@@ -28,14 +28,9 @@ from experiments.runlog import RunLog
 from experiments.runner import build_optimizer, evaluate, run
 from figures import regularization as figure
 from multirate import Multirate
+from tests.helpers import LM_TINY, MLP_TINY
 from tests.test_data import make_mnist
 
-LM_TINY = ["d_model=8", "n_heads=2", "d_ff=16", "n_layers=1", "seq_len=8", "vocab_size=12", "branching=3",
-           "chain_len=40", "train_tokens=400", "valid_tokens=200", "test_tokens=200", "eval_batch_size=4",
-           "batch_size=8", "epochs=2", "wandb=disabled", "device=cpu", "checkpoint=false"]
-MLP_TINY = ["hidden=16", "image_size=8", "classes=3", "prototypes=2", "n_train=64", "n_test=32",
-            "batch_size=16", "epochs=2", "eval_batch_size=10", "wandb=disabled", "device=cpu",
-            "checkpoint=false"]
 EXPERIMENTS = {"lm": (LMConfig, regularization_lm.TOML, LM_TINY),
                "mlp": (MLPConfig, regularization_mlp.TOML, MLP_TINY)}
 
