@@ -182,3 +182,15 @@ def test_the_before_view_and_a_failed_premise():
     assert claims.verdict(claim, runs) is None  # nothing under "patch" itself
     text = claims.verdict(claim, claims.before(runs))
     assert text.startswith("-31.00") and "not testable here (clean accuracies 30.0 points apart" in text
+
+
+@pytest.mark.parametrize("name", sorted(protocol.PROTOCOLS))
+def test_every_toml_runs_the_step_sizes_the_committed_trials_choose(name):
+    # `python -m experiments.protocol select all --check`, for every figure whose trials are recorded
+    from experiments import reference
+
+    p = protocol.PROTOCOLS[name]
+    for profile in ("quick", "cpu"):
+        choices = protocol.select(p, reference.read(reference.path(profile)))
+        if any(c.scores for c in choices.values()):
+            assert protocol.check_tomls(p, profile, choices) == []

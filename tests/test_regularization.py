@@ -224,10 +224,12 @@ def test_methods_share_the_schedule_and_step_size(kind):
         assert len(shared) == 1
         sgd, dropout, mr = cfgs["sgd"], cfgs["dropout"], cfgs["multirate"]
         assert sgd.dropout == mr.dropout == 0 < dropout.dropout
-        assert sgd.optimizer == dropout.optimizer == "sgd" and sgd.lr == dropout.lr
+        assert sgd.optimizer == dropout.optimizer == "sgd"
         assert mr.optimizer == "multirate" and mr.partition == "random_subgroups" and not mr.linear_drift
         assert mr.k >= 2 and 0 < mr.slow_fraction < 1
-        assert mr.lr / mr.k == pytest.approx(sgd.lr)  # fast step size h/k = SGD's step size
+        if profile == "paper":  # untuned: one step size for all (the quick profile's are the protocol's,
+            # tests/test_protocol.py checks them against the reference's trials)
+            assert sgd.lr == dropout.lr and mr.lr / mr.k == pytest.approx(sgd.lr)  # h/k = SGD's step
     assert load_config(cls, toml, "paper", "sgd").epochs == {"lm": 150, "mlp": 200}[kind]
 
 
