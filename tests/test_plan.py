@@ -209,7 +209,7 @@ def test_paper_plan(no_data, experiment):
         assert any("stand-in" in note for note in p["notes"])
     params = {(p["model"], p["experiment"]): p["methods"][0]["parameters"] for p in plans}
     expected = {"transfer": {("resnet50", "transfer"): 23_712_932, ("resnet34", "transfer"): 21_289_802},
-                "transfer_text": {("distilbert", "transfer"): 66_955_010},
+                "transfer_text": {("distilbert", "transfer_text"): 66_955_010},
                 "patch": {(None, "patch"): 17_116_634},
                 "regularization_lm": {(None, "regularization_lm"): None}}[experiment]
     assert params.keys() == expected.keys()
