@@ -108,7 +108,7 @@ figures: fig-transfer fig-patch fig-regularization convergence report  ## every 
 
 ablations: setup  ## ablation grids (k, drift, fast part, random subgroups) and their figures; PROFILE
 	$(PY) -m experiments.ablations --profile $(PROFILE) --only k,fast & a=$$!; \
-	$(PY) -m experiments.ablations --profile $(PROFILE) --only subgroups,drift; b=$$?; \
+	$(PY) -m experiments.ablations --profile $(PROFILE) --only subgroups,drift,zeroing; b=$$?; \
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.ablations --profile $(PROFILE)
 

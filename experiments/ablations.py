@@ -17,6 +17,8 @@ The grids (``ABLATIONS``):
   and on patch (multirate, fast = block3+bn+fc, k = 25);
 - ``fast``: which part of the transfer network is fast: fc, layer4+fc, layer3+layer4+fc (SGD base,
   k = 5, linear drift);
+- ``zeroing``: random subgroups on the language model, the slow subset zeroed on k - 1 of the k
+  steps of a cycle (the headline) or on all k (``zero_slow_every_step``);
 - ``subgroups``: random subgroups on the regularisation perceptron: the slow fraction at k = 2, and
   the redraw period k (the slow part is redrawn every cycle) at fraction 0.2, with h = k x 0.01 so
   that the fast step h/k stays SGD's 0.01 (the regularisation configs' convention), beside SGD.
@@ -98,6 +100,13 @@ ABLATIONS: dict[str, list[Variant]] = {
              for name, fast in (("fc", "fc"), ("layer4+fc", "layer4,fc"),
                                 ("layer3+layer4+fc", "layer3,layer4,fc"))],
     "subgroups": _subgroup_grid(),
+    # Which reading of "the slow subset is zeroed during the k fast steps" (multirate.partition.
+    # random_subgroups): zeroed on the k - 1 fast steps and restored for the step that takes its
+    # gradient (the headline, as Algorithm 1 takes every slow gradient at the full network), or
+    # zeroed on all k steps. On the language model, whose claim it is.
+    "zeroing": [Variant("zeroed on k − 1 of k steps (headline)", "regularization_lm", "multirate"),
+                Variant("zeroed on all k steps", "regularization_lm", "multirate",
+                        ("zero_slow_every_step=true",))],
 }
 
 

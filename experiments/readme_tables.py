@@ -176,7 +176,8 @@ def regularization_table(runs: Runs) -> str:
 
 
 ABLATION_METRICS = {"transfer": ("test_accuracy",), "patch": ("clean_accuracy", "patch_only_accuracy"),
-                    "regularization_mlp": ("test_accuracy",)}
+                    "regularization_mlp": ("test_accuracy",),
+                    "regularization_lm": ("val_loss@min", "val_loss")}
 
 
 def ablation_table(runs: Runs, name: str) -> str:
@@ -202,7 +203,8 @@ def ablation_table(runs: Runs, name: str) -> str:
             cells += [f"{b['time_s'] / r['time_s']:.2f}×" if b else "",
                       f"{r['test_accuracy'] - b['test_accuracy']:+.2f}" if b and r is not b else ""]
         rows.append(cells)
-    header = ["variant (seed 0)", *(m.replace("_", " ") + " (%)" for m in metrics), "time (s)"]
+    header = ["variant (seed 0)", *(m.replace("_", " ") + (" (%)" if "accuracy" in m else " (nats)")
+                                    for m in metrics), "time (s)"]
     return markdown(header + (["speed-up", "gap to train-all"] if name == "k" else []), rows)
 
 
@@ -235,6 +237,7 @@ BLOCKS: dict[str, Callable[[Runs], str]] = {
     "ablation-drift": lambda runs: ablation_table(runs, "drift"),
     "ablation-fast": lambda runs: ablation_table(runs, "fast"),
     "ablation-subgroups": lambda runs: ablation_table(runs, "subgroups"),
+    "ablation-zeroing": lambda runs: ablation_table(runs, "zeroing"),
     "claims": lambda runs: claims_table(),
     "sensitivity": claims.sensitivity_table,
     "protocol-transfer": lambda runs: protocol_tables(runs, ("transfer_resnet", "transfer_distilbert")),

@@ -38,9 +38,9 @@ def test_report_numbers_differences_and_missing_experiments(tmp_path, monkeypatc
     assert "| small_lr | clean_accuracy | 2 | 68.00 | 71.00 ± 1.41 | +3.00 |" in text
     assert "| small_lr | patched_accuracy | 2 | 93.00 | 91.00 ± 1.41 | -2.00 |" in text
     assert "| small_lr | patch_only_accuracy | 2 | 98.50 | 95.00 ± 0.00 | -3.50 |" in text
-    # ResNet and DistilBERT transfer, LM, perceptron, convergence, the four ablations, and the
+    # ResNet and DistilBERT transfer, LM, perceptron, convergence, the five ablations, and the
     # sensitivity of the verdicts (no tuning trials)
-    assert text.count("not run") == 10
+    assert text.count("not run") == 11
     # The difference is computed from PAPER, not typed in.
     monkeypatch.setitem(report.PAPER["patch"], "small_lr", {"clean_accuracy": 60.0})
     text = report.report(tmp_path, "quick")
