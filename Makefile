@@ -64,22 +64,16 @@ endif
 	$(PY) -m figures.transfer --profile $(PROFILE)
 
 tune-transfer: setup  ## the comparison protocol's trials for the transfer figure (docs/protocol.md), then the choice; PROFILE
-	$(PY) -m experiments.protocol tune transfer_resnet --profile $(PROFILE) --skip-running && \
-	$(PY) -m experiments.protocol tune transfer_distilbert --profile $(PROFILE) --skip-running & a=$$!; \
-	$(PY) -m experiments.protocol tune transfer_distilbert --profile $(PROFILE) --skip-running && \
-	$(PY) -m experiments.protocol tune transfer_resnet --profile $(PROFILE) --skip-running; b=$$?; \
+tune-regularization: setup  ## the same for the regularisation figure; PROFILE
+tune-transfer: TUNE := transfer_resnet transfer_distilbert
+tune-regularization: TUNE := regularization_lm regularization_mlp
+# Two processes share every trial (--skip-running), each starting on another figure part.
+tune-transfer tune-regularization:
+	for f in $(TUNE); do $(PY) -m experiments.protocol tune $$f --profile $(PROFILE) --skip-running || exit 1; done & a=$$!; \
+	b=0; for f in $(word 2,$(TUNE)) $(word 1,$(TUNE)); do \
+	  $(PY) -m experiments.protocol tune $$f --profile $(PROFILE) --skip-running || b=1; done; \
 	wait $$a && test $$b -eq 0
-	$(PY) -m experiments.protocol select transfer_resnet --profile $(PROFILE) --results-dir results
-	$(PY) -m experiments.protocol select transfer_distilbert --profile $(PROFILE) --results-dir results
-
-tune-regularization: setup  ## the comparison protocol's trials for the regularisation figure, then the choice; PROFILE
-	$(PY) -m experiments.protocol tune regularization_lm --profile $(PROFILE) --skip-running && \
-	$(PY) -m experiments.protocol tune regularization_mlp --profile $(PROFILE) --skip-running & a=$$!; \
-	$(PY) -m experiments.protocol tune regularization_mlp --profile $(PROFILE) --skip-running && \
-	$(PY) -m experiments.protocol tune regularization_lm --profile $(PROFILE) --skip-running; b=$$?; \
-	wait $$a && test $$b -eq 0
-	$(PY) -m experiments.protocol select regularization_lm --profile $(PROFILE) --results-dir results
-	$(PY) -m experiments.protocol select regularization_mlp --profile $(PROFILE) --results-dir results
+	for f in $(TUNE); do $(PY) -m experiments.protocol select $$f --profile $(PROFILE) --results-dir results || exit 1; done
 
 fig-patch: setup  ## patch-augmented data (WRN-16: small h, large h, multirate) and its figure; PROFILE, SEEDS
 	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_FIGURE) --skip-running & a=$$!; \
