@@ -189,6 +189,8 @@ def tune(protocol: Protocol, profile: str, results_dir: str | Path = "results", 
             print(f"{protocol.name}: {method} has {len(choice.scores)} of {len(protocol.grid)} trials; "
                   "its 2x-epochs trial waits for the rest (rerun tune)", flush=True)
             continue
+        if choice.h is None:  # every trial diverged: nothing to train longer
+            continue
         trial(method, choice.h, EPOCHS_POINT, 2 * load_config(config_cls, toml, profile, method).epochs)
 
 
