@@ -97,11 +97,11 @@ def keep_freed_host_memory() -> bool:
     and the next allocation faults in every page again (several microseconds each on a virtual
     machine). A multirate slow step, which follows k - 1 fast steps that need little memory, paid
     for its whole graph that way on every cycle; ``python -m experiments.speedup`` counts the
-    faults per step (README, "Speed-up per training step": without this setting, DistilBERT-base's
+    faults per step (docs/performance.md, "Freed host memory": without this setting, DistilBERT-base's
     slow step took 2.70 s against a train-all step's 2.02 s, at 2 threads). PyTorch's CUDA caching
     allocator does the same for GPU memory. The cost: the process keeps its peak host memory until
     it exits. Not for small models: the quick profile's runs took about 10 % longer with it
-    (README, same section), so the runner does not call it.
+    (docs/performance.md, same section), so the runner does not call it.
     """
     global _host_memory_kept
     if _host_memory_kept:

@@ -10,8 +10,9 @@ What can move a CPU run's bits, and what pins it here:
   ``python -m experiments.X`` process is pinned. A variable the user has set is left alone, and
   ``MULTIRATE_NATIVE_CPU=1`` turns the pinning off (faster kernels, machine-dependent bits). Where
   AVX2 cannot be confirmed (no /proc/cpuinfo, as on macOS), nothing is pinned.
-  Measured on one AVX2 machine (README, "Reproducible results"): ATen's scalar kernels against its
-  AVX2 ones, and oneDNN capped at SSE4.1 against AVX2, each change a run's bits after one epoch.
+  Measured on one AVX2 machine (docs/determinism.md, "Why the kernels are pinned"): ATen's scalar
+  kernels against its AVX2 ones, and oneDNN capped at SSE4.1 against AVX2, each change a run's bits
+  after one epoch.
 - **Thread count.** Reductions split over threads sum in another order. The quick and cpu profiles
   fix ``threads = 1`` in their TOMLs (`apply` sets it before the run's first tensor operation);
   parallelism comes from running independent runs side by side.
