@@ -84,10 +84,18 @@ def _patch_margin(metric: str, rival: str):
     return measure
 
 
+def patch_premise_failures(small: float, small_only: float, large: float, large_only: float) -> list[str]:
+    """The paper's premise for the patch claim (patch.toml, written before the runs it judges), from
+    the two constant step sizes' clean and patch-only accuracies: clean within 10 points, small h's
+    patch-only >= 80 %, large h's <= 40 %. Returns what fails (empty: the premise holds)."""
+    return [text for ok, text in (
+        (abs(large - small) <= 10, f"clean accuracies {large - small:.1f} points apart (<= 10)"),
+        (small_only >= 80, f"small h patch-only {small_only:.1f} % (>= 80)"),
+        (large_only <= 40, f"large h patch-only {large_only:.1f} % (<= 40)")) if not ok]
+
+
 def _patch_premise(runs) -> str | None:
-    """The paper's premise for the patch claim (patch.toml, written before the runs it judges): with
-    the two constant step sizes, clean accuracies within 10 points, small h's patch-only accuracy
-    >= 80 %, large h's <= 40 % (means over seeds)."""
+    """Why the patch runs lack the premise (`patch_premise_failures`, on means over seeds), or None."""
     def mean_of(method, metric):
         values = [r[metric] for r in runs.by_experiment.get("patch", {}).values()
                   if r["method"] == method and metric in r]
@@ -96,11 +104,7 @@ def _patch_premise(runs) -> str | None:
     small_only, large_only = (mean_of(m, "patch_only_accuracy") for m in ("small_lr", "large_lr"))
     if None in (small, large, small_only, large_only):
         return None  # not run: the table says so
-    failed = [text for ok, text in (
-        (abs(large - small) <= 10, f"clean accuracies {large - small:.1f} points apart (<= 10)"),
-        (small_only >= 80, f"small h patch-only {small_only:.1f} % (>= 80)"),
-        (large_only <= 40, f"large h patch-only {large_only:.1f} % (<= 40)")) if not ok]
-    return "; ".join(failed) or None
+    return "; ".join(patch_premise_failures(small, small_only, large, large_only)) or None
 
 
 def _rise(method: str):
