@@ -46,6 +46,7 @@ import pandas as pd
 
 from experiments import pretraining, registry
 from experiments.config import PROFILES, experiment_config, load_config, parse_seeds
+from experiments.optimizers import check_optimizer
 from experiments.runlog import last_epoch, read_results, read_runs
 
 SEEDS = {"quick": [0], "cpu": [0, 1, 2], "paper": [0, 1, 2]}
@@ -133,8 +134,6 @@ def variant_config(variant: Variant, profile: str, seed: int, results_dir: str |
 def check_ablations(names: list[str], profile: str, seeds: list[int], results_dir: str | Path) -> None:
     """Load the config of every variant x seed of the ablations `names` and build its optimizer on a
     stand-in model: an impossible one raises ValueError (naming the variant) before any run starts."""
-    from experiments.runner import check_optimizer
-
     for name in names:
         for variant in ABLATIONS[name]:
             for seed in seeds:

@@ -3,7 +3,6 @@
     python -m experiments.plan transfer --profile paper [steps=N] [--json FILE]   # ResNet-50, CIFAR-100
     python -m experiments.plan transfer --profile paper model=resnet34            # ResNet-34, CIFAR-10
     python -m experiments.plan all --profile paper steps=2 --json results/paper/plan.json
-    python -m experiments.<name> --profile paper --plan [steps=N]                 # the same, via the runner
 
 Experiments: transfer, transfer_text, patch, regularization_lm, regularization_mlp (``all``: each
 of them, the transfer module once per torchvision model of the profile, as in
@@ -77,6 +76,7 @@ from experiments.config import (
     run_selection,
 )
 from experiments.files import write_json
+from experiments.optimizers import apply_train, build_optimizer
 
 PLANNED = ("transfer", "transfer_text", "patch", "regularization_lm", "regularization_mlp")
 DEFAULT_STEPS = 3
@@ -376,9 +376,9 @@ def measure(cfg: RunConfig, task_factory: Callable, steps: int, measure_batch: i
     n, bs = len(tensors[0]), cfg.batch_size
     mb = min(measure_batch or bs, bs)
     model = _call(task.build_model, cfg).to(device)
-    runner.apply_train(model, cfg.train)
+    apply_train(model, cfg.train)
     accel.prepare_model(model, cfg, device)
-    optimizer = runner.build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     train_step = accel.make_train_step(model, optimizer, accel.grad_scaler(cfg, device))
     model.train()
     data_gen = torch.Generator().manual_seed(cfg.seed)
@@ -585,19 +585,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return plans
 
 
-def main_for_task(task_factory: Callable, argv: list[str]) -> list[dict]:
-    """`main` for ``python -m experiments.<name> ... --plan``: the experiment is the task's module."""
-    module = task_factory.__module__
-    if module == "__main__":
-        module = sys.modules["__main__"].__spec__.name
-    return main([module.rpartition(".")[2], *argv])
-
-
 if __name__ == "__main__":
     from experiments import errors
 
     errors.cli(main)
 
 
-__all__ = ["main", "main_for_task", "plan_experiment", "measure", "markdown", "Sources", "skip_to_slow_step",
+__all__ = ["main", "plan_experiment", "measure", "markdown", "Sources", "skip_to_slow_step",
            "peak_rss_gib", "PLANNED"]

@@ -58,6 +58,7 @@ from experiments.config import (
     read_toml,
     require,
 )
+from experiments.optimizers import check_optimizer
 from experiments.runlog import read_rows, read_status
 
 SEARCHES = ("grid", "random")
@@ -218,8 +219,6 @@ def configs(sweep: Sweep) -> list[tuple[dict[str, Any], list[RunConfig]]]:
 def run_local(sweep: Sweep, dry_run: bool = False) -> None:
     """Run every trial through the experiment's `main`, or with `dry_run` only list them. Every
     trial's configs and optimizers are checked first: nothing runs unless all are possible."""
-    from experiments.runner import check_optimizer
-
     module = registry.entry_point(sweep.module)
     every = configs(sweep)
     for _, cfgs in every:

@@ -181,7 +181,7 @@ def test_lr_batch_scales_the_step_size_by_the_linear_rule(toml):
 
     from torch import nn
 
-    from experiments.runner import build_optimizer
+    from experiments.optimizers import build_optimizer
 
     plain = load_config(RunConfig, toml, "quick", "train_all", ["lr=0.1", "batch_size=8"])
     assert plain.step_lr == 0.1  # lr_batch = 0: the lr is batch_size's own, unchanged to the bit

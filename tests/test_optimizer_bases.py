@@ -244,7 +244,7 @@ class Head(nn.Module):
 ])
 def test_build_optimizer_from_config(optimizer, kwargs, cls):
     from experiments.config import RunConfig
-    from experiments.runner import build_optimizer
+    from experiments.optimizers import build_optimizer
 
     cfg = RunConfig(optimizer=optimizer, lr=0.01, weight_decay=0.1, **kwargs)
     opt = build_optimizer(cfg, Head())
@@ -317,7 +317,7 @@ def test_config_refuses_what_the_optimizer_refuses(optimizer, partition_name, fi
 
 def test_config_passes_zero_slow_every_step_to_the_random_group():
     from experiments.config import RunConfig
-    from experiments.runner import build_optimizer
+    from experiments.optimizers import build_optimizer
 
     for literal in (False, True):
         cfg = RunConfig(optimizer="multirate", k=3, partition="random_subgroups",

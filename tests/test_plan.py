@@ -15,7 +15,6 @@ import transformers
 from experiments import data, plan, regularization_lm, transfer_text
 from experiments.config import load_config
 from experiments.errors import UserError
-from experiments.regularization_mlp import MLPTask
 from multirate import Multirate, partition
 
 
@@ -77,12 +76,6 @@ def test_real_data_is_used_when_present(no_data, monkeypatch):
     check_plan(p, steps=1)
     assert p["notes"] == [f"data: Penn Treebank from {folder}"]
     assert p["methods"][0]["n_train"] == len(torch.arange(350).unfold(0, 9, 8))  # windows of 8 + 1
-
-
-def test_plan_hook_of_an_experiment_module(no_data):
-    (p,) = plan.main_for_task(MLPTask, ["--profile", "paper", "--method", "multirate", "steps=1",
-                                        "hidden=8"])
-    assert p["experiment"] == "regularization_mlp" and p["methods"][0]["method"] == "multirate"
 
 
 def test_loaders_are_put_back(no_data):

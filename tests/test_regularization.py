@@ -14,6 +14,7 @@ import torch
 
 from experiments import data, regularization_lm, regularization_mlp
 from experiments.config import list_methods, load_config
+from experiments.optimizers import build_optimizer
 from experiments.regularization_lm import (
     EOS,
     LMConfig,
@@ -25,7 +26,7 @@ from experiments.regularization_lm import (
 )
 from experiments.regularization_mlp import MLP, MLPConfig, MLPTask, generated_images, prototypes
 from experiments.runlog import RunLog
-from experiments.runner import build_optimizer, evaluate, run
+from experiments.runner import evaluate, run
 from figures import regularization as figure
 from multirate import Multirate
 from tests.helpers import LM_TINY, MLP_TINY

@@ -15,7 +15,8 @@ from torch import nn
 
 from experiments import transfer
 from experiments.config import list_methods, load_config
-from experiments.runner import apply_train, run
+from experiments.optimizers import apply_train
+from experiments.runner import run
 from experiments.transfer import (
     SOURCE_CLASSES,
     TARGET_CLASSES,

@@ -12,7 +12,8 @@ from transformers import DistilBertConfig, DistilBertForSequenceClassification
 import experiments.transfer_text as T
 from experiments.config import list_methods, load_config
 from experiments.data import load_sst2, load_sst2_tsv
-from experiments.runner import apply_train, build_optimizer, run
+from experiments.optimizers import apply_train, build_optimizer
+from experiments.runner import run
 
 TINY = ["tiny_dim=16", "tiny_layers=6", "tiny_heads=2", "tiny_hidden=32", "pretrain_steps=4",
         "pretrain_batch_size=8", "n_train=64", "n_test=32", "batch_size=16", "epochs=1"]
