@@ -110,7 +110,7 @@ reference-check: setup  ## compare results/$(PROFILE) with experiments/reference
 	$(PY) -m experiments.reference check --profile $(PROFILE)
 
 readme-tables: setup  ## regenerate README.md's result tables from the committed references
-	$(PY) -m experiments.reference readme
+	$(PY) -m experiments.readme_tables
 
 STEPS ?= 3
 PLAN_ARGS ?=# e.g. on a CPU: "amp=none --measure-batch 2"; on a GPU: "device=cuda"

@@ -1,8 +1,8 @@
 """The result tables of README.md and the docs/ pages, generated from the committed reference (never
 typed in).
 
-    python -m experiments.reference readme           # rewrite the tables of every page
-    python -m experiments.reference readme --check   # exit 1 if a page is not up to date
+    python -m experiments.readme_tables           # rewrite the tables of every page
+    python -m experiments.readme_tables --check   # exit 1 if a page is not up to date
 
 A table lives between ``<!-- reference:NAME -->`` and ``<!-- /reference -->`` in any page of `PAGES`
 (README.md and every docs/**/*.md); `BLOCKS` maps NAME to the function that renders it from the
@@ -14,6 +14,7 @@ when a registered table is shown nowhere.
 
 from __future__ import annotations
 
+import argparse
 import re
 import statistics
 from collections import defaultdict
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments import claims, protocol, reference
+from experiments.ablations import ABLATIONS, variant_config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -183,8 +185,6 @@ ABLATION_METRICS = {"transfer": ("test_accuracy",), "patch": ("clean_accuracy", 
 def ablation_table(runs: Runs, name: str) -> str:
     """One row per variant of ablation `name` (seed 0): its headline metrics and training time; for
     the k grid also the speed-up and the gap to the train-all row of the same base optimizer."""
-    from experiments.ablations import ABLATIONS, variant_config
-
     variants = ABLATIONS[name]
     metrics = list(dict.fromkeys(m for v in variants for m in ABLATION_METRICS[v.experiment]))  # in order
     rows, base = [], {}
@@ -320,6 +320,12 @@ def main(check_only: bool = False, root: Path = ROOT) -> int:
         return 0
     if check_only:
         print(f"{', '.join(str(p.relative_to(root)) for p in stale)}: tables differ from "
-              "experiments/reference/quick.csv (or cpu.csv); run `python -m experiments.reference readme`")
+              "experiments/reference/quick.csv (or cpu.csv); run `python -m experiments.readme_tables`")
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a page's tables are not up to date")
+    raise SystemExit(main(check_only=parser.parse_args().check))

@@ -4,7 +4,6 @@
     python -m experiments.reference update [--profile quick] [--experiment transfer,...] [--results-dir DIR]
                                            [--merge]
     python -m experiments.reference slice  [--results-dir DIR]   # rerun the CI slice and check it
-    python -m experiments.reference readme [--check]             # README and docs/ tables <- the reference
 
 ``experiments/reference/<profile>.csv`` holds, for every complete run under ``results/<profile>/``
 (the ablations' ``results/ablations/<name>/<profile>/`` and the tuning trials'
@@ -38,9 +37,11 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from experiments import registry
 from experiments.config import PROFILES
 from experiments.errors import UserError
 from experiments.files import atomic_open
+from experiments.runlog import read_record, read_run
 
 FOLDER = Path(__file__).with_name("reference")
 COLUMNS = ("experiment", "run", "method", "seed", "metric", "value")
@@ -75,8 +76,6 @@ def summarize(rows: list[dict]) -> dict[str, float]:
 
 def _run_rows(folder: Path, experiment: str) -> list[dict]:
     """Reference rows of every complete run in one results folder."""
-    from experiments.runlog import read_record, read_run
-
     out = []
     for json_path in sorted(folder.glob("*.json")):
         if read_record(json_path).get("status") != "complete":
@@ -161,8 +160,6 @@ def folders(names: list[str]) -> list[str]:
     """Results folders for `--experiment`: a figure's name (`python -m experiments.registry
     --names`) stands for the folders its runs write, ``regularization`` for ``regularization_lm``
     and ``regularization_mlp``; any other name is a folder itself."""
-    from experiments import registry
-
     out = []
     for name in names:
         entry = registry.EXPERIMENTS.get(name)
@@ -259,26 +256,20 @@ def run_slice(results_dir: str | Path | None, update_reference: bool = False) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Compare results with the committed reference, or update it.")
-    parser.add_argument("command", choices=("check", "update", "slice", "readme"))
+    parser.add_argument("command", choices=("check", "update", "slice"))
     parser.add_argument("--profile", default="quick", choices=PROFILES)
     parser.add_argument("--experiment", default=None, help="comma-separated results folders (default: all)")
     parser.add_argument("--results-dir", default=None, help="default: results (slice: a temporary folder)")
     parser.add_argument("--update", action="store_true", help="slice: rewrite slice.csv instead of checking")
     parser.add_argument("--merge", action="store_true",
                         help="update: keep the reference rows of runs that are not under the results folder")
-    parser.add_argument("--check", action="store_true",
-                        help="readme: fail if a page's tables (README.md, docs/) are not up to date")
     args = parser.parse_args(argv)
     experiments = folders([e.strip() for e in args.experiment.split(",")]) if args.experiment else None
     if args.command == "check":
         return check(args.profile, args.results_dir or "results", experiments)
     if args.command == "update":
         return update(args.profile, args.results_dir or "results", experiments, merge=args.merge)
-    if args.command == "slice":
-        return run_slice(args.results_dir, args.update)
-    from experiments import readme_tables
-
-    return readme_tables.main(check_only=args.check)
+    return run_slice(args.results_dir, args.update)
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def test_readme_tables_equal_the_reference():
     assert readme_tables.BLOCK.search(text), "README.md has no reference blocks"
     assert readme_tables.render(text, readme_tables.Runs(reference.read(reference.path("quick")))) == text, (
         "README.md's tables differ from experiments/reference/quick.csv: run "
-        "`python -m experiments.reference readme`")
+        "`python -m experiments.readme_tables`")
 
 
 def test_a_cpu_block_renders_from_the_cpu_reference():

@@ -113,7 +113,7 @@ def test_every_pages_tables_equal_the_reference():
     runs = readme_tables.Runs(reference.read(reference.path("quick")))
     stale = [name(page) for page, text in TEXT.items()
              if readme_tables.render(text, runs, page=name(page)) != text]
-    assert not stale, f"tables differ from the reference in {stale}: `python -m experiments.reference readme`"
+    assert not stale, f"tables differ from the reference in {stale}: `python -m experiments.readme_tables`"
 
 
 def test_every_registered_table_is_shown_on_a_page():
