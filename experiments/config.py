@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from experiments.errors import UserError
 from multirate import BASES, HyperparameterError, check_hyperparameters
 
 PROFILES = ("quick", "cpu", "paper")  # cpu: the paper's counts on generated data, ~1 h per figure on 2 cores
@@ -252,8 +253,6 @@ def _type_name(typ: Any) -> str:
 def parse_seeds(text: str) -> list[int]:
     """Comma-separated seeds (``--seeds 0,1,2``), each an integer in [0, MAX_SEED]; a UserError
     naming the first one that is not."""
-    from experiments.errors import UserError
-
     seeds = []
     for item in (s.strip() for s in text.split(",")):
         if not item:

@@ -66,7 +66,7 @@ def has_avx2() -> bool:
 
 def apply(cfg) -> None:
     """Set the run's thread count and deterministic-kernel mode (`cfg.threads`, `cfg.deterministic`)."""
-    import torch
+    import torch  # not at the top: experiments/__init__ imports this module to pin the kernels first
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -78,7 +78,7 @@ def apply(cfg) -> None:
 
 def environment() -> dict[str, str | int | None]:
     """What a run's JSON records about the numerical environment."""
-    import torch
+    import torch  # not at the top: experiments/__init__ imports this module to pin the kernels first
 
     return dict(torch=torch.__version__, threads=torch.get_num_threads(),
                 cpu_capability=torch.backends.cpu.get_cpu_capability(),
@@ -88,7 +88,7 @@ def environment() -> dict[str, str | int | None]:
 def code_key(*objects) -> str:
     """A hash of the source files defining `objects` (functions, classes, modules) and of the
     torch and torchvision versions: part of every cache key, so changed code rebuilds its caches."""
-    import torch
+    import torch  # not at the top: experiments/__init__ imports this module to pin the kernels first
 
     files = sorted({Path(inspect.getsourcefile(obj)).resolve() for obj in objects})
     digest = hashlib.sha256(torch.__version__.encode())

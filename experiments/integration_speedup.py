@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from experiments.files import write_json
 from multirate import Multirate, TrainStep, partition
@@ -57,8 +59,6 @@ def trainstep_timer(model, batch, loss_fn, head, k, multirate, clock):
 # ---- Hugging Face ----------------------------------------------------------------------------
 
 def huggingface_timers(s):
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import (
         DistilBertConfig,
@@ -68,7 +68,7 @@ def huggingface_timers(s):
         TrainingArguments,
     )
 
-    from multirate.integrations.huggingface import MultirateTrainer
+    from multirate.integrations.huggingface import MultirateTrainer  # imports transformers
 
     torch.manual_seed(0)
     config = DistilBertConfig(num_labels=2)
@@ -123,9 +123,8 @@ def huggingface_timers(s):
 def lightning_timers(s):
     import lightning as L
     import torchvision
-    from torch.utils.data import DataLoader, TensorDataset
 
-    from multirate.integrations.lightning import MultirateModule
+    from multirate.integrations.lightning import MultirateModule  # imports lightning
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from experiments import determinism, registry
+from experiments.config import experiment_config, list_methods, load_config
 from experiments.files import atomic_open, sha256_bytes, waiting_lock, write_json
 
 SHIPPED_DIR = Path(__file__).with_name("pretrained")
@@ -188,9 +190,6 @@ def _stderr(message: str) -> None:
 def _shipped_networks(results_dir: Path) -> list[tuple[str, Path, Callable[[], dict]]]:
     """(what, cache path, build) of each shipped network, for the quick profile's config with
     `results_dir`; `build()` pretrains it as the first run that needs it does and returns what is cached."""
-    from experiments import determinism, registry
-    from experiments.config import experiment_config, list_methods, load_config
-
     transfer, transfer_text = registry.entry_point("transfer"), registry.entry_point("transfer_text")
 
     def config(module):

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import registry
+from experiments import claims, registry
 from experiments.ablations import ABLATIONS, final_rows, summarise
 from experiments.config import PROFILES
+from experiments.readme_tables import Runs
+from experiments.reference import collect
 from experiments.runlog import last_epoch, read_results, read_runs
 
 # The paper's numbers (~ read off plots; /work/shared/paper-notes.md). Per experiment, per our
@@ -282,14 +284,10 @@ def ablation_section(results_dir: Path, profile: str) -> str:
 def claims_section(results_dir: Path, profile: str) -> str:
     """Each claim of the paper as the quantity it is about, per seed, with its verdict
     (experiments/claims.py), from the complete runs under results/<profile>."""
-    from experiments.claims import sensitivity_table, table
-    from experiments.readme_tables import Runs
-    from experiments.reference import collect
-
     runs = Runs(collect(results_dir, profile))
-    return ("## The paper's claims\n\n" + table({profile: runs}, missing="—")
+    return ("## The paper's claims\n\n" + claims.table({profile: runs}, missing="—")
             + "\n### Sensitivity of each verdict (held-out trials of the comparison protocol)\n\n"
-            + sensitivity_table(runs))
+            + claims.sensitivity_table(runs))
 
 
 def report(results_dir: str | Path, profile: str) -> str:

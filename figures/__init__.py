@@ -23,7 +23,7 @@ def results_root(description: str, argv=None) -> Path:
 def save(fig, table, root: Path, name: str) -> Path:
     """Write ``root/figures/<name>.png`` and ``.pdf`` (then close the figure) and, unless `table` is
     None, ``<name>.csv``; return the folder."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after figures.style has chosen the Agg backend (scripts import it)
 
     out = root / "figures"
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 plt.rcParams.update({
@@ -126,8 +127,6 @@ def legend_under(ax, handles=None, columns: int = 2) -> None:
 
 def legend_handle(method: str, colour, label: str):
     """One legend entry for a method drawn both as a curve and as a point: its line and its marker."""
-    from matplotlib.lines import Line2D
-
     return Line2D([], [], color=colour, label=label, **line_style(method), **marker_style(method))
 
 
