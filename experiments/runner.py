@@ -17,6 +17,7 @@ logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -101,6 +102,26 @@ def evaluate(task: Task, model: nn.Module, optimizer, device) -> dict[str, float
         model.train()
 
 
+@dataclasses.dataclass
+class Training:
+    """What one run trains with, built once by `_build` (its checkpoint saves and restores the state)."""
+
+    cfg: RunConfig
+    task: Task
+    device: torch.device
+    rank: int
+    world_size: int
+    tensors: tuple[Tensor, ...]  # the whole training set on the device
+    steps_per_epoch: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    train_step: Callable
+    data_gen: torch.Generator  # the data order, on the CPU
+    aug_gen: torch.Generator  # augmentation, on the device
+
+
 def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
     """Train `task` under `cfg`, resuming from its checkpoint if one exists.
 
@@ -122,11 +143,7 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
         raise ValueError(f"{cfg.run_name}: the task was made for another config")
     device = resolve_device(cfg.device)
     rank, world_size = world()
-    if cfg.batch_size % world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world_size} processes")
-    if cfg.amp == "fp16" and world_size > 1:  # each rank's GradScaler would skip steps on its own
-        raise ValueError(f"amp=fp16 with {world_size} processes is not supported (the ranks' loss "
-                         "scalers would disagree on skipped steps): use amp=bf16")
+    _check_world_size(cfg, world_size)
     ckpt_file = checkpoint_path(cfg)
 
     with contextlib.ExitStack() as cleanup:
@@ -138,120 +155,163 @@ def run(cfg: RunConfig, task: Task, stop_at_step: int | None = None) -> dict:
         if finished is not None:
             return finished
 
-        # Data, model, optimizer, scheduler
-        seed_everything(cfg.seed)
-        tensors = task.train_tensors(device)
-        n, bs = len(tensors[0]), cfg.batch_size
-        steps_per_epoch = n // bs  # the last partial batch is dropped
-        if steps_per_epoch == 0:
-            raise ValueError(f"batch_size={bs} is larger than the {n} training examples")
-        shard = bs // world_size
-        accel.configure_backends(cfg, device)
-        model = task.build_model().to(device)
-        apply_train(model, cfg.train)
-        accel.prepare_model(model, cfg, device)  # channels_last, torch.compile: per cfg
-        optimizer = build_optimizer(cfg, model)
-        scheduler = build_scheduler(cfg, optimizer)
-        scaler = accel.grad_scaler(cfg, device)  # fp16 only, else None
-        train_step = accel.make_train_step(model, optimizer, scaler,
-                                           reduce_grads=AllReduceGrads() if world_size > 1 else None)
-        cleanup.callback(train_step.remove)
-        model.train()
-
-        # Separate random streams: data order on the CPU, augmentation on the device
-        data_seed, aug_seed = (int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(2))
-        data_gen = torch.Generator().manual_seed(data_seed)
-        aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
-
-        # Resume from the checkpoint if there is one
-        prog = Progress(loss_sum=torch.zeros((), dtype=torch.float64, device=device))
-        log = RunLog(cfg)
-        if cfg.checkpoint and ckpt_file.exists():
-            state = checkpoint.load(ckpt_file)
-            prog = checkpoint.restore(state, model, optimizer, scheduler, data_gen, aug_gen, device, scaler)
-            log = RunLog(cfg, rows=state["rows"], started=state["started"], wandb_id=state["wandb_id"])
-        if world_size > 1:
-            broadcast_module(model)  # equal already (same seed or checkpoint); this makes sure
+        # Data, model, optimizer, scheduler, random streams; then the checkpoint's state if there is one
+        tr = _build(cfg, task, device, rank, world_size)
+        cleanup.callback(tr.train_step.remove)
+        prog, log = _resume(tr, ckpt_file)
 
         # Logging, progress bar, signals; the JSON says "running" until the run finishes
         status = None  # None (interrupted or crashed) leaves the JSON at "running"
         if rank == 0:
             log.start(device)
             cleanup.callback(lambda: log.finish(status, _kept_checkpoint_sha(cfg, ckpt_file, status)))
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=prog.epoch * steps_per_epoch + prog.batch,
-                   desc=cfg.run_name, leave=False, dynamic_ncols=True,
-                   disable=not sys.stderr.isatty() or bool(os.environ.get("CI")) or rank != 0)
+        bar = _progress_bar(tr, prog)
         cleanup.callback(bar.close)
         cleanup.callback(PREEMPTION.install())
 
         # Train: epochs of minibatches in a seeded order; stop on divergence, a signal or stop_at_step
         t0 = time.perf_counter()
         while prog.epoch < cfg.epochs:
-            if prog.batch == 0:
-                prog.perm = torch.randperm(n, generator=data_gen)
-                prog.loss_sum.zero_()
-                prog.loss_count = 0
-            order = accel.to_device((prog.perm,), device)[0]
-            stop = None  # "preempted" or "interrupted": checkpoint and return
-            for b in range(prog.batch, steps_per_epoch):
-                batch = task.batch(tuple(t[order[b * bs:(b + 1) * bs]] for t in tensors), aug_gen)
-                if world_size > 1:  # every rank drew the same global batch: keep this rank's share
-                    batch = tuple(t[rank * shard:(rank + 1) * shard] for t in batch)
-                compute_loss = accel.autocast_loss(functools.partial(task.loss, model, batch), cfg, device)
-                prog.loss_sum += train_step(compute_loss)
-                prog.loss_count += 1
-                prog.batch = b + 1
-                step = prog.epoch * steps_per_epoch + prog.batch
-                bar.update()
-
-                # Every SYNC_EVERY steps and at the epoch's end: stop if the loss is not finite
-                if prog.batch % SYNC_EVERY == 0 or prog.batch == steps_per_epoch:
-                    mean = _mean_loss(prog, world_size)
-                    bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
-                    if not math.isfinite(mean):
-                        prog.time_s += _elapsed(t0, device)
-                        if rank == 0:  # logged against the epoch it happened in, so figures can show where
-                            log.log(prog.epoch + 1, step, prog.time_s, {"train_loss": mean})
-                            tqdm.write(f"{cfg.run_name}: loss {mean} at step {step}, stopping (diverged)")
-                        status = "diverged"
-                        return dict(status=status, rows=log.rows, run_name=cfg.run_name, model=model)
-
-                # After a signal (all ranks stop at the same step) or at stop_at_step: checkpoint, return
-                preempted = PREEMPTION.signal is not None
-                if world_size > 1:
-                    preempted = any_rank(preempted, device)
-                if step == stop_at_step or preempted:
-                    stop = "preempted" if preempted else "interrupted"
-                    break
+            stop = _train_minibatches(tr, prog, log, bar, t0, stop_at_step)
+            if stop == "diverged":  # logged, its time counted
+                status = stop
+                return dict(status=status, rows=log.rows, run_name=cfg.run_name, model=tr.model)
             prog.time_s += _elapsed(t0, device)
 
             # End of epoch (unless stopping mid-way): schedule, evaluate, log
             if stop is None:
-                prog.epoch, prog.batch, prog.perm = prog.epoch + 1, 0, None
-                if scheduler is not None:
-                    scheduler.step()
-                if prog.epoch % cfg.eval_every == 0 or prog.epoch == cfg.epochs:
-                    train_loss = _mean_loss(prog, world_size)
-                    if rank == 0:
-                        metrics = {"train_loss": train_loss, **evaluate(task, model, optimizer, device)}
-                        log.log(prog.epoch, prog.epoch * steps_per_epoch, prog.time_s, metrics)
-                elif rank == 0:  # a line per epoch in a Slurm .out file between evaluations too
-                    tracking.print_epoch(cfg, prog.epoch, prog.epoch * steps_per_epoch, prog.time_s, {})
+                _end_epoch(tr, prog, log)
 
             # Checkpoint after every epoch and before stopping (rank 0: the others hold the same state)
             if cfg.checkpoint and rank == 0:
-                state = checkpoint.capture(cfg, model, optimizer, scheduler, data_gen, aug_gen, prog, log,
-                                           scaler)
-                checkpoint.save(ckpt_file, state)
-            if stop is not None:
+                checkpoint.save(ckpt_file, checkpoint.capture(cfg, tr.model, tr.optimizer, tr.scheduler,
+                                                              tr.data_gen, tr.aug_gen, prog, log, tr.scaler))
+            if stop is not None:  # "preempted" or "interrupted"
                 if stop == "preempted":
                     PREEMPTION.clear()  # this stop answered it; `main` goes by the status
                     if rank == 0:
+                        step = prog.epoch * tr.steps_per_epoch + prog.batch
                         tqdm.write(f"{cfg.run_name}: signal caught, checkpointed at step {step}")
-                return dict(status=stop, rows=log.rows, run_name=cfg.run_name, model=model)
+                return dict(status=stop, rows=log.rows, run_name=cfg.run_name, model=tr.model)
             t0 = time.perf_counter()
         status = "complete"
-        return dict(status=status, rows=log.rows, run_name=cfg.run_name, model=model)
+        return dict(status=status, rows=log.rows, run_name=cfg.run_name, model=tr.model)
+
+
+def _check_world_size(cfg: RunConfig, world_size: int) -> None:
+    """Refuse a minibatch the processes cannot share equally, and fp16 in more than one process."""
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world_size} processes")
+    if cfg.amp == "fp16" and world_size > 1:  # each rank's GradScaler would skip steps on its own
+        raise ValueError(f"amp=fp16 with {world_size} processes is not supported (the ranks' loss "
+                         "scalers would disagree on skipped steps): use amp=bf16")
+
+
+def _build(cfg: RunConfig, task: Task, device: torch.device, rank: int, world_size: int) -> Training:
+    """The run's data, model, optimizer, scheduler and train step, in the order the seeded random
+    numbers are drawn in, then its two random streams."""
+    seed_everything(cfg.seed)
+    tensors = task.train_tensors(device)
+    n, bs = len(tensors[0]), cfg.batch_size
+    steps_per_epoch = n // bs  # the last partial batch is dropped
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={bs} is larger than the {n} training examples")
+    accel.configure_backends(cfg, device)
+    model = task.build_model().to(device)
+    apply_train(model, cfg.train)
+    accel.prepare_model(model, cfg, device)  # channels_last, torch.compile: per cfg
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    scaler = accel.grad_scaler(cfg, device)  # fp16 only, else None
+    train_step = accel.make_train_step(model, optimizer, scaler,
+                                       reduce_grads=AllReduceGrads() if world_size > 1 else None)
+    model.train()
+
+    # Separate random streams: data order on the CPU, augmentation on the device
+    data_seed, aug_seed = (int(s) for s in np.random.SeedSequence(cfg.seed).generate_state(2))
+    return Training(cfg, task, device, rank, world_size, tensors, steps_per_epoch, model, optimizer,
+                    scheduler, scaler, train_step, data_gen=torch.Generator().manual_seed(data_seed),
+                    aug_gen=torch.Generator(device=device).manual_seed(aug_seed))
+
+
+def _resume(tr: Training, ckpt_file: Path) -> tuple[Progress, RunLog]:
+    """Where the run stands and its log: from its checkpoint if there is one (and cfg.checkpoint),
+    else the start. Under torch.distributed every rank then holds rank 0's weights."""
+    prog = Progress(loss_sum=torch.zeros((), dtype=torch.float64, device=tr.device))
+    log = RunLog(tr.cfg)
+    if tr.cfg.checkpoint and ckpt_file.exists():
+        state = checkpoint.load(ckpt_file)
+        prog = checkpoint.restore(state, tr.model, tr.optimizer, tr.scheduler, tr.data_gen, tr.aug_gen,
+                                  tr.device, tr.scaler)
+        log = RunLog(tr.cfg, rows=state["rows"], started=state["started"], wandb_id=state["wandb_id"])
+    if tr.world_size > 1:
+        broadcast_module(tr.model)  # equal already (same seed or checkpoint); this makes sure
+    return prog, log
+
+
+def _progress_bar(tr: Training, prog: Progress) -> tqdm:
+    """A bar over the run's steps: rank 0 at an interactive terminal only (not in CI or a log file)."""
+    done = prog.epoch * tr.steps_per_epoch + prog.batch
+    return tqdm(total=tr.cfg.epochs * tr.steps_per_epoch, initial=done, desc=tr.cfg.run_name, leave=False,
+                dynamic_ncols=True,
+                disable=not sys.stderr.isatty() or bool(os.environ.get("CI")) or tr.rank != 0)
+
+
+def _train_minibatches(tr: Training, prog: Progress, log: RunLog, bar: tqdm, t0: float,
+                       stop_at_step: int | None) -> str | None:
+    """The current epoch's minibatches from `prog.batch` on. None at the epoch's end, else why
+    training stopped early: "diverged" (logged, its time counted), "preempted" or "interrupted"."""
+    cfg, bs, shard = tr.cfg, tr.cfg.batch_size, tr.cfg.batch_size // tr.world_size
+    if prog.batch == 0:
+        prog.perm = torch.randperm(len(tr.tensors[0]), generator=tr.data_gen)
+        prog.loss_sum.zero_()
+        prog.loss_count = 0
+    order = accel.to_device((prog.perm,), tr.device)[0]
+    for b in range(prog.batch, tr.steps_per_epoch):
+        batch = tr.task.batch(tuple(t[order[b * bs:(b + 1) * bs]] for t in tr.tensors), tr.aug_gen)
+        if tr.world_size > 1:  # every rank drew the same global batch: keep this rank's share
+            batch = tuple(t[tr.rank * shard:(tr.rank + 1) * shard] for t in batch)
+        compute_loss = accel.autocast_loss(functools.partial(tr.task.loss, tr.model, batch), cfg, tr.device)
+        prog.loss_sum += tr.train_step(compute_loss)
+        prog.loss_count += 1
+        prog.batch = b + 1
+        step = prog.epoch * tr.steps_per_epoch + prog.batch
+        bar.update()
+
+        # Every SYNC_EVERY steps and at the epoch's end: stop if the loss is not finite
+        if prog.batch % SYNC_EVERY == 0 or prog.batch == tr.steps_per_epoch:
+            mean = _mean_loss(prog, tr.world_size)
+            bar.set_postfix(loss=f"{mean:.4g}", refresh=False)
+            if not math.isfinite(mean):
+                prog.time_s += _elapsed(t0, tr.device)
+                if tr.rank == 0:  # logged against the epoch it happened in, so figures can show where
+                    log.log(prog.epoch + 1, step, prog.time_s, {"train_loss": mean})
+                    tqdm.write(f"{cfg.run_name}: loss {mean} at step {step}, stopping (diverged)")
+                return "diverged"
+
+        # After a signal (all ranks stop at the same step) or at stop_at_step
+        preempted = PREEMPTION.signal is not None
+        if tr.world_size > 1:
+            preempted = any_rank(preempted, tr.device)
+        if step == stop_at_step or preempted:
+            return "preempted" if preempted else "interrupted"
+    return None
+
+
+def _end_epoch(tr: Training, prog: Progress, log: RunLog) -> None:
+    """Count the finished epoch, step the schedule, and evaluate and log every cfg.eval_every epochs
+    and after the last (between evaluations, rank 0 still prints a line)."""
+    prog.epoch, prog.batch, prog.perm = prog.epoch + 1, 0, None
+    if tr.scheduler is not None:
+        tr.scheduler.step()
+    step = prog.epoch * tr.steps_per_epoch
+    if prog.epoch % tr.cfg.eval_every == 0 or prog.epoch == tr.cfg.epochs:
+        train_loss = _mean_loss(prog, tr.world_size)
+        if tr.rank == 0:
+            metrics = {"train_loss": train_loss, **evaluate(tr.task, tr.model, tr.optimizer, tr.device)}
+            log.log(prog.epoch, step, prog.time_s, metrics)
+    elif tr.rank == 0:  # a line per epoch in a Slurm .out file between evaluations too
+        tracking.print_epoch(tr.cfg, prog.epoch, step, prog.time_s, {})
 
 
 def lock_path(cfg: RunConfig) -> Path:
@@ -335,21 +395,8 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
     After SIGTERM/SIGUSR1 it stops once the current run has checkpointed, requeues the Slurm job
     (if under Slurm) and exits with status EXIT_PREEMPTED; rerunning it continues where it stopped.
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-
     # Every config and optimizer first: nothing runs unless all of them are possible
-    profile, methods, seeds, overrides, skip_running = parse_cli(argv, config_cls, toml_path)
-    read_toml(toml_path)
-    methods = methods or list_methods(toml_path) or [config_cls.__dataclass_fields__["method"].default]
-    cfgs = [load_config(config_cls, toml_path, profile, method,
-                        [*overrides, *([] if seed is None else [f"seed={seed}"])])
-            for method in methods for seed in seeds or [None]]
-    for cfg in cfgs:
-        check_optimizer(cfg)
-        try:
-            resolve_device(cfg.device)
-        except RuntimeError as err:  # torch's message lists the device types it knows
-            raise UserError(f"invalid device={cfg.device!r}: {' '.join(str(err).split())}") from None
+    cfgs, skip_running = _checked_configs(sys.argv[1:] if argv is None else list(argv), config_cls, toml_path)
 
     # Each run in turn, until a signal asks to stop
     joined = init_from_env()
@@ -388,3 +435,23 @@ def main(argv: list[str] | None, config_cls: type[RunConfig], toml_path: str | P
     if joined:
         torch.distributed.destroy_process_group()
     return results
+
+
+def _checked_configs(argv: list[str], config_cls: type[RunConfig], toml_path: str | Path
+                     ) -> tuple[list[RunConfig], bool]:
+    """The config of every method x seed the command line selects, each loaded, its optimizer built
+    on a stand-in model and its device parsed (a UserError before any run starts), and whether
+    --skip-running was given."""
+    profile, methods, seeds, overrides, skip_running = parse_cli(argv, config_cls, toml_path)
+    read_toml(toml_path)
+    methods = methods or list_methods(toml_path) or [config_cls.__dataclass_fields__["method"].default]
+    cfgs = [load_config(config_cls, toml_path, profile, method,
+                        [*overrides, *([] if seed is None else [f"seed={seed}"])])
+            for method in methods for seed in seeds or [None]]
+    for cfg in cfgs:
+        check_optimizer(cfg)
+        try:
+            resolve_device(cfg.device)
+        except RuntimeError as err:  # torch's message lists the device types it knows
+            raise UserError(f"invalid device={cfg.device!r}: {' '.join(str(err).split())}") from None
+    return cfgs, skip_running
