@@ -49,6 +49,7 @@ NOT_COMPARED = ("time_s",)  # wall-clock: recorded, machine-dependent
 # or the patch construction fix; design checks with their own overrides): read by the claims and the
 # docs, never expected under results/.
 ARCHIVED = ("before/", "design/")
+CURVE = "val_loss@epoch"  # + N: the validation loss after epoch N
 SKIP_DIRS = {"figures", "wandb", "slurm", "pretrained", "checkpoints", "sweeps"}
 
 
@@ -57,7 +58,8 @@ SKIP_DIRS = {"figures", "wandb", "slurm", "pretrained", "checkpoints", "sweeps"}
 def summarize(rows: list[dict]) -> dict[str, float]:
     """A run's summary metrics from its logged rows: every metric's value at the last evaluation,
     the training time there (``time_s``) and, for a run that logs ``val_loss``, its minimum, the
-    epoch of the minimum and every other metric at that epoch (``<metric>@best_val``)."""
+    epoch of the minimum, every other metric at that epoch (``<metric>@best_val``) and the whole
+    validation curve (``val_loss@epoch<N>``: a rise over a span after the minimum needs it)."""
     if not rows:
         return {}
     last = max(r["epoch"] for r in rows)
@@ -70,6 +72,7 @@ def summarize(rows: list[dict]) -> dict[str, float]:
         out["val_loss@min_epoch"] = float(best["epoch"])
         out.update({f"{r['metric']}@best_val": r["value"] for r in rows
                     if r["epoch"] == best["epoch"] and r["metric"] != "val_loss"})
+        out.update({f"{CURVE}{int(r['epoch'])}": r["value"] for r in val})
     return out
 
 

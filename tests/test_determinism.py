@@ -83,6 +83,8 @@ def test_summarize_takes_the_last_evaluation_and_the_best_validation_epoch():
     s = reference.summarize(_rows())
     assert s["test_accuracy"] == 53.0 and s["time_s"] == 4.5
     assert s["val_loss@min"] == 1.5 and s["val_loss@min_epoch"] == 2.0 and s["test_accuracy@best_val"] == 52.0
+    assert [s[f"val_loss@epoch{e}"] for e in (1, 2, 3)] == [2.0, 1.5, 1.7]  # the whole curve
+    assert "test_accuracy@epoch1" not in s
 
 
 def _ref(value, metric="test_accuracy", run="r1"):

@@ -169,6 +169,29 @@ def test_sensitivity_reads_each_point_and_calls_a_changing_verdict_fragile():
     assert word == "fragile"
 
 
+def _lm_curves(curves: dict[str, list[float]], seed: int = 0) -> list[dict]:
+    return [dict(experiment="regularization_lm", run=f"{m}-{seed}", method=m, seed=seed,
+                 metric=f"val_loss@epoch{e}", value=v)
+            for m, values in curves.items() for e, v in enumerate(values, start=1)]
+
+
+def test_the_matched_span_rise_compares_the_same_epochs_after_each_minimum():
+    claim = next(c for c in claims.CLAIMS if c.name.endswith("over a matched span"))
+    # SGD: minimum at epoch 2, 2 epochs after it; multirate: minimum at epoch 3, and its run is 2
+    # epochs longer. Over SGD's 2 epochs SGD rises 0.4 and multirate 0.1.
+    runs = Runs(_lm_curves({"sgd": [2.0, 1.0, 1.2, 1.4], "multirate": [3.0, 2.0, 1.0, 1.05, 1.1, 1.5]}))
+    assert claim.measure(runs, 0) == pytest.approx(0.1 / 0.4)
+    assert claim.premise(runs) is None
+    # A multirate minimum too close to the end to measure SGD's span after it: no value, and the
+    # claim says why instead of judging no seed
+    late = Runs(_lm_curves({"sgd": [2.0, 1.0, 1.2, 1.4], "multirate": [3.0, 2.0, 1.5, 1.0]}))
+    assert claim.measure(late, 0) is None
+    assert claim.premise(late) == ("multirate's minimum comes too late for SGD's span after it: "
+                                   "epochs 4 vs 2 (multirate vs SGD) of 4")
+    assert "not testable here (multirate's minimum comes too late" in claims.verdict(claim, late)
+    assert claim.measure(Runs(_lm_curves({"sgd": [2.0, 1.0, 1.5]})), 0) is None  # multirate not run
+
+
 def test_the_before_view_and_a_failed_premise():
     rows = [dict(experiment="before/patch", run=f"{m}-0", method=m, seed=0, metric=metric, value=v)
             for m, metric, v in (("small_lr", "clean_accuracy", 40.0),
