@@ -53,6 +53,15 @@ class Claim:
     step_size_dependent: bool = True
 
 
+def _reads(experiment: str, *methods: str) -> Callable:
+    """Mark a claim's measure with the runs it reads (`methods` of `experiment`), so that a table can
+    say which of them it left out (`omitted`)."""
+    def mark(measure: Callable) -> Callable:
+        measure.reads = (experiment, methods)
+        return measure
+    return mark
+
+
 def _value(runs, experiment: str, method: str, metric: str, seed: int) -> float | None:
     for r in runs.by_experiment.get(experiment, {}).values():
         if r["method"] == method and r["seed"] == seed and metric in r:
@@ -62,6 +71,7 @@ def _value(runs, experiment: str, method: str, metric: str, seed: int) -> float 
 
 def _gap(multi: str, full: str):
     """Train All's final accuracy minus multirate's (points; > 0: multirate below)."""
+    @_reads("transfer", full, multi)
     def measure(runs, seed):
         a, b = (_value(runs, "transfer", m, "test_accuracy", seed) for m in (full, multi))
         return None if a is None or b is None else a - b
@@ -70,6 +80,7 @@ def _gap(multi: str, full: str):
 
 def _speedup(multi: str, full: str):
     """Train All's training time over multirate's (same machine, same run)."""
+    @_reads("transfer", full, multi)
     def measure(runs, seed):
         a, b = (_value(runs, "transfer", m, "time_s", seed) for m in (full, multi))
         return None if a is None or b is None else a / b
@@ -79,6 +90,7 @@ def _speedup(multi: str, full: str):
 def _patch_margin(metric: str, rival: str):
     """Multirate's accuracy minus the rival constant step size's (points): on clean images against
     the large step (the paper: better), on patch-only images against the small step (about equal)."""
+    @_reads("patch", "multirate", rival)
     def measure(runs, seed):
         a, b = (_value(runs, "patch", m, metric, seed) for m in ("multirate", rival))
         return None if a is None or b is None else a - b
@@ -110,6 +122,7 @@ def _patch_premise(runs) -> str | None:
 
 def _rise(method: str):
     """Final validation loss minus its minimum over training (nats)."""
+    @_reads("regularization_lm", method)
     def measure(runs, seed):
         final, low = (_value(runs, "regularization_lm", method, m, seed)
                       for m in ("val_loss", "val_loss@min"))
@@ -117,6 +130,7 @@ def _rise(method: str):
     return measure
 
 
+@_reads("regularization_lm", "multirate", "sgd")
 def _rise_ratio(runs, seed):
     """Multirate's rise after its minimum over SGD's (the paper: 0.04 / 0.12 = 0.33)."""
     a, b = _rise("multirate")(runs, seed), _rise("sgd")(runs, seed)
@@ -141,6 +155,7 @@ def _matched_span(runs, seed) -> tuple[dict, dict, int, int, int] | None:
     return (*curves, *lows, max(curves[1]) - lows[1])
 
 
+@_reads("regularization_lm", "multirate", "sgd")
 def _matched_rise_ratio(runs, seed):
     """Multirate's rise over SGD's, each over the same S epochs after its own minimum, S being what
     SGD has after its minimum: a method whose minimum comes later is not credited with the shorter
@@ -168,12 +183,14 @@ def _late_minimum(runs) -> str | None:
             f"SGD) of {'/'.join(map(str, sorted(ends)))}")
 
 
+@_reads("regularization_lm", "multirate", "sgd")
 def _min_gap(runs, seed):
     """Multirate's minimum validation loss minus SGD's (nats)."""
     a, b = (_value(runs, "regularization_lm", m, "val_loss@min", seed) for m in ("multirate", "sgd"))
     return None if a is None or b is None else a - b
 
 
+@_reads("regularization_mlp", "multirate", "sgd")
 def _mlp_margin(runs, seed):
     a, b = (_value(runs, "regularization_mlp", m, "test_accuracy", seed) for m in ("multirate", "sgd"))
     return None if a is None or b is None else a - b
@@ -226,23 +243,50 @@ def per_seed(claim: Claim, runs) -> list[float]:
     return [v for v in (claim.measure(runs, s) for s in seeds) if v is not None]
 
 
-def summary(values: list[float]) -> str:
+def summary(values: list[float], seeds: str = "") -> str:
+    """"mean ± sd (N seeds)"; `seeds` in place of "N seeds" when some were left out (`omitted`)."""
     if not values:
         return "not run"
+    seeds = seeds or f"{len(values)} seed{'s' if len(values) != 1 else ''}"
     if len(values) == 1:
-        return f"{values[0]:.2f} (1 seed)"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} seeds)"
+        return f"{values[0]:.2f} ({seeds})"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({seeds})"
 
 
-def verdict(claim: Claim, runs) -> str | None:
-    """'<mean ± sd>: <verdict>' of `claim` on `runs`, or None where they hold none of its runs."""
+def omitted(claim: Claim, runs, left: dict | None = None) -> str:
+    """"2 of 3 seeds; multirate seed 1 diverged at epoch 4" when the claim's values come from fewer
+    seeds than its experiment ran, else "". The seeds it ran are those of every run in the experiment,
+    complete or left out (`left`: {experiment: `experiments.left_out.runs` of its folder}, which says
+    why). The reference keeps complete runs only: without `left`, a run is said to have none."""
+    experiment, methods = claim.measure.reads
+    runs_of = runs.by_experiment.get(experiment, {}).values()
+    left = (left or {}).get(experiment)
+    ran = {r["seed"] for r in runs_of} | (set(left.seed) if left is not None else set())
+    used = {seed for seed in ran if claim.measure(runs, seed) is not None}
+    if not used or used == ran:
+        return ""
+    why = []
+    for seed in sorted(ran - used):
+        complete = {r["method"] for r in runs_of if r["seed"] == seed}
+        for method in (m for m in methods if m not in complete):
+            reason = [] if left is None else list(left.reason[(left.method == method) & (left.seed == seed)])
+            why.append(f"{method} seed {seed} {reason[0] if reason else 'has no complete run'}")
+        if all(m in complete for m in methods):  # every run there, the quantity undefined for them
+            why.append(f"seed {seed} not measurable")
+    return f"{len(used)} of {len(ran)} seeds; {', '.join(why)}"
+
+
+def verdict(claim: Claim, runs, left: dict | None = None) -> str | None:
+    """'<mean ± sd>: <verdict>' of `claim` on `runs`, or None where they hold none of its runs; the
+    seeds it left out and why (`omitted`, with `left`) where some were."""
     values = per_seed(claim, runs)
+    text = summary(values, omitted(claim, runs, left))
     why = claim.premise(runs) if claim.premise else None
     if why:  # the regime lacks what the claim presupposes: no verdict, whatever the quantity says
-        return f"{summary(values) if values else 'not measured'}: not testable here ({why})"
+        return f"{text if values else 'not measured'}: not testable here ({why})"
     if not values:
         return None
-    return f"{summary(values)}: {claim.rule(statistics.mean(values))}"
+    return f"{text}: {claim.rule(statistics.mean(values))}"
 
 
 # ----------------------------------------------------------------------------- views of the reference
@@ -308,31 +352,34 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def table(profiles: dict[str, object], missing: str = "not run") -> str:
+def table(profiles: dict[str, object], missing: str = "not run", left_out: dict[str, dict] | None = None
+          ) -> str:
     """A Markdown table: each claim's paper value, then per profile the mean ± sd and the verdict
     (`missing` where a profile has no runs for the claim), the same before the comparison protocol and
     the patch construction fix where the profile kept those runs, and whether the held-out verdict is
-    robust to the step size and the epochs (`sensitivity_table` has the values)."""
+    robust to the step size and the epochs (`sensitivity_table` has the values). A claim whose values
+    come from fewer seeds than its experiment ran says which were left out (`omitted`), and why where
+    `left_out` ({profile: {experiment: its left-out runs}}) knows."""
     header = ["claim", "quantity", "paper"]
-    columns = []  # (profile's runs, kind)
+    columns = []  # (profile's runs, kind, its left-out runs)
     for name, runs in profiles.items():
-        columns.append((runs, "ours"))
+        columns.append((runs, "ours", (left_out or {}).get(name)))
         header.append(f"{name}: ours, verdict")
         if any(e.startswith(BEFORE) for e in runs.by_experiment):
-            columns.append((before(runs), "before"))
+            columns.append((before(runs), "before", None))
             header.append(f"{name}: before the protocol / construction fix")
         if any(e.startswith("tune/") for e in runs.by_experiment):
-            columns.append((sensitivity_views(runs), "sensitivity"))
+            columns.append((sensitivity_views(runs), "sensitivity", None))
             header.append(f"{name}: sensitivity (held out)")
     header.append("rule (mean over seeds)")
     lines = [_row(header), _row(["---"] * len(header))]
     for claim in CLAIMS:
         cells = [claim.name, claim.quantity, f"{claim.paper:.2f}"]
-        for source, kind in columns:
+        for source, kind, left in columns:
             if kind == "sensitivity":
                 cells.append(sensitivity(claim, source)[1])
             else:
-                cells.append(verdict(claim, source) or (missing if kind == "ours" else "—"))
+                cells.append(verdict(claim, source, left) or (missing if kind == "ours" else "—"))
         cells.append(str(claim.rule))
         lines.append(_row(cells))
     return "\n".join(lines) + "\n"

@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Compare results with the committed reference, or update it.")
     parser.add_argument("command", choices=("check", "update", "slice", "readme"))
-    parser.add_argument("--profile", default="quick", choices=PROFILES)
+    # Checked below, not by argparse: an unknown profile is one line naming it and the allowed ones
+    # (argparse's choices would print its usage block too), and nothing is written.
+    parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
     parser.add_argument("--experiment", default=None, help="comma-separated results folders (default: all)")
     parser.add_argument("--results-dir", default=None, help="default: results (slice: a temporary folder)")
     parser.add_argument("--update", action="store_true", help="slice: rewrite slice.csv instead of checking")
@@ -272,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="readme: fail if a page's tables (README.md, docs/) are not up to date")
     args = parser.parse_args(argv)
+    if args.profile not in PROFILES:
+        raise UserError(f"--profile {args.profile!r}: not a profile; one of {', '.join(PROFILES)}")
     experiments = folders([e.strip() for e in args.experiment.split(",")]) if args.experiment else None
     if args.command == "check":
         return check(args.profile, args.results_dir or "results", experiments)

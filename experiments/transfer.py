@@ -63,6 +63,7 @@ from experiments import errors, pretraining, runner
 from experiments.config import RunConfig, require
 from experiments.data import DownloadError, fetch_cifar, holdout_split, load_cifar, normalize
 from experiments.determinism import code_key
+from experiments.pretrained_cache import check_hub_weights
 from experiments.synthetic_images import (
     GENERATOR_VERSION,
     SOURCE_CLASSES,
@@ -193,17 +194,19 @@ class WeightsUnavailable(errors.UserError, RuntimeError):
 
 
 def imagenet_resnet(name: str) -> nn.Module:
-    """torchvision's ResNet ``name`` with its ImageNet weights (downloaded once; torchvision checks
-    their hash). A network failure raises `WeightsUnavailable` with a one-line message."""
+    """torchvision's ResNet ``name`` with its ImageNet weights (downloaded once; torch.hub checks the
+    SHA-256 prefix in the file's name when it downloads it, `check_hub_weights` before every load). A
+    network failure raises `WeightsUnavailable` with a one-line message."""
     import torchvision
 
     enum_name, member = TORCHVISION[name][0].split(".")
     weights = getattr(getattr(torchvision.models, enum_name), member)
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    check_hub_weights(target)  # torch.hub loads a file already in its cache unchecked
     try:
         return getattr(torchvision.models, name)(weights=weights)
     except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, refused connections
         reason = getattr(err, "reason", err) if isinstance(err, urllib.error.URLError) else err
-        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise WeightsUnavailable(
             f"could not download the ImageNet weights {TORCHVISION[name][0]} for {name} from "
             f"{weights.url}: {reason}. If this machine has no internet, download the file elsewhere "

@@ -209,11 +209,18 @@ def test_slice_commands_name_experiment_modules():
         "experiments.regularization_lm", "experiments.regularization_mlp", "experiments.convergence"}
 
 
-@pytest.mark.parametrize("command", ["update", "check"])
-def test_an_unknown_profile_is_refused_and_nothing_is_written(command, tmp_path, capsys):
-    """`update --profile X` wrote a new CSV into the repository."""
+@pytest.mark.parametrize("command", ["update", "check", "slice", "readme"])
+def test_an_unknown_profile_is_refused_in_one_line_and_nothing_is_written(command, tmp_path, capsys,
+                                                                         monkeypatch):
+    """`update --profile X` wrote a new CSV into the repository; then argparse's refusal printed its
+    usage block above the error."""
+    from experiments import errors
+
     before = sorted(p.name for p in reference.FOLDER.iterdir())
+    argv = ["reference", command, "--profile", "medium", "--results-dir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_:
-        reference.main([command, "--profile", "medium", "--results-dir", str(tmp_path)])
-    assert exit_.value.code == 2 and "invalid choice: 'medium'" in capsys.readouterr().err
-    assert sorted(p.name for p in reference.FOLDER.iterdir()) == before
+        errors.cli(reference.main)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and "--profile 'medium'" in line and "quick, cpu, paper" in line
+    assert sorted(p.name for p in reference.FOLDER.iterdir()) == before and not any(tmp_path.iterdir())

@@ -207,6 +207,42 @@ def test_the_before_view_and_a_failed_premise():
     assert text.startswith("-31.00") and "not testable here (clean accuracies 30.0 points apart" in text
 
 
+def mlp_rows(seeds: dict[str, list[int]]) -> list[dict]:
+    """Reference rows of the perceptron: each method's final test accuracy at `seeds[method]`."""
+    return [dict(experiment="regularization_mlp", run=f"{m}-{seed}", method=m, seed=seed,
+                 metric="test_accuracy", value=90.0 + seed + (m == "multirate"))
+            for m, method_seeds in seeds.items() for seed in method_seeds]
+
+
+def test_every_claim_says_which_runs_it_reads():
+    # `omitted` names the runs a claim's values left out from what its measure reads
+    for claim in claims.CLAIMS:
+        experiment, methods = claim.measure.reads
+        assert experiment in ("transfer", "patch", "regularization_lm", "regularization_mlp") and methods
+
+
+def test_a_claim_says_which_seeds_it_left_out_and_why():
+    import pandas as pd
+
+    claim = next(c for c in claims.CLAIMS if c.name.startswith("Perceptron"))
+    complete = Runs(mlp_rows({"multirate": [0, 1, 2], "sgd": [0, 1, 2]}))
+    assert claims.verdict(claim, complete) == "1.00 ± 0.00 (3 seeds): reproduced"  # as before
+    # The reference keeps complete runs only: sgd's seed 1 is missing, the reason unknown ...
+    runs = Runs(mlp_rows({"multirate": [0, 1, 2], "sgd": [0, 2]}))
+    assert claims.verdict(claim, runs) == (
+        "1.00 ± 0.00 (2 of 3 seeds; sgd seed 1 has no complete run): reproduced")
+    # ... the results folder knows it (experiments.left_out.runs)
+    left = {"regularization_mlp": pd.DataFrame([dict(method="sgd", seed=1, reason="diverged at epoch 4")])}
+    assert "(2 of 3 seeds; sgd seed 1 diverged at epoch 4)" in claims.verdict(claim, runs, left)
+    # A seed that no method ran is not left out; a seed another claim's experiment ran is not either.
+    other = Runs(mlp_rows({"multirate": [0, 2], "sgd": [0, 2]})
+                 + [dict(experiment="transfer", run="fc-1", method="fc", seed=1, metric="test_accuracy",
+                         value=1.0)])
+    assert claims.verdict(claim, other) == "1.00 ± 0.00 (2 seeds): reproduced"
+    table = claims.table({"quick": runs}, left_out={"quick": left})
+    assert "| 1.00 ± 0.00 (2 of 3 seeds; sgd seed 1 diverged at epoch 4): reproduced |" in table
+
+
 @pytest.mark.parametrize("name", sorted(protocol.PROTOCOLS))
 def test_every_toml_runs_the_step_sizes_the_committed_trials_choose(name):
     # `python -m experiments.protocol select all --check`, for every figure whose trials are recorded

@@ -276,3 +276,17 @@ def test_unreachable_network_gives_a_one_line_error(tmp_path, monkeypatch, capsy
     assert "\n" not in message and "Traceback" not in message
     assert "ResNet34_Weights.IMAGENET1K_V1" in message and "name resolution" in message
     assert str(tmp_path / "torch-home") in message  # where to put the file by hand
+
+
+def test_damaged_imagenet_weights_in_the_cache_are_refused_before_loading():
+    """torch.hub checks the SHA-256 prefix in the file's name only when it downloads the file."""
+    from pathlib import Path
+
+    from experiments.errors import UserError
+
+    name = Path(torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url).name  # resnet34-b627a593.pth
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    cached.parent.mkdir(parents=True)
+    torch.save({"fc.weight": torch.zeros(1)}, cached)  # loadable, but not the published file
+    with pytest.raises(UserError, match=f"{cached} is damaged: its SHA-256 does not start with the "):
+        transfer.imagenet_resnet("resnet34")
