@@ -6,7 +6,8 @@ Every module of ``experiments/`` belongs to one layer (`LAYERS`; a new module mu
   run logs, tracking, preemption, device options, determinism, errors, the registry, Slurm);
 - datasets: the real data sets' loaders, the generated data and the pretraining of the transfer
   experiments' source networks (and its cache);
-- reporting: the report, the README tables, the committed reference and the paper's claims;
+- reporting: the report, the README tables, the committed reference, the paper's claims and what
+  they leave out;
 - benchmarks: the speed-up measurements and the cost plan;
 - experiments: the entry points of the figures and the drivers that run them (ablations, sweeps, the
   tuning protocol).
@@ -49,7 +50,7 @@ LAYERS = {
     "datasets": {"experiments.data", "experiments.synthetic_images", "experiments.synthetic_text",
                  "experiments.pretraining", "experiments.pretrained_cache"},
     "reporting": {"experiments.report", "experiments.readme_tables", "experiments.reference",
-                  "experiments.claims"},
+                  "experiments.claims", "experiments.left_out"},
     "benchmarks": {"experiments.speedup", "experiments.integration_speedup", "experiments.plan"},
     "experiments": {"experiments.transfer", "experiments.transfer_text", "experiments.patch",
                     "experiments.regularization_lm", "experiments.regularization_mlp",
