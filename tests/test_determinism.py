@@ -209,7 +209,7 @@ def test_slice_commands_name_experiment_modules():
         "experiments.regularization_lm", "experiments.regularization_mlp", "experiments.convergence"}
 
 
-@pytest.mark.parametrize("command", ["update", "check", "slice", "readme"])
+@pytest.mark.parametrize("command", ["update", "check", "slice"])
 def test_an_unknown_profile_is_refused_in_one_line_and_nothing_is_written(command, tmp_path, capsys,
                                                                          monkeypatch):
     """`update --profile X` wrote a new CSV into the repository; then argparse's refusal printed its
