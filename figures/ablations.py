@@ -119,7 +119,7 @@ def main(argv=None):
     parser_root = results_root(__doc__.splitlines()[0], argv)
     results_dir, profile = parser_root.parent, parser_root.name
     written = []
-    for name in ablations.ABLATIONS:
+    for name in ablations.grids():
         final = ablations.final_rows(name, results_dir, profile)
         if final.empty:
             print(f"ablation {name}: no complete runs yet (python -m experiments.ablations --only {name})")

@@ -161,7 +161,7 @@ def test_sensitivity_reads_each_point_and_calls_a_changing_verdict_fragile():
     rows += [dict(experiment=f"tune/{protocol.EPOCHS_POINT}/{P.folder}", run=f"{m}-x2", method=m, seed=0,
                   metric=P.metric, value=v) for m, v in (("sgd", 92.0), ("multirate", 93.0))]
     views = claims.sensitivity_views(Runs(rows))
-    claim = next(c for c in claims.CLAIMS if c.name.startswith("Perceptron"))
+    claim = next(c for c in claims.claims() if c.name.startswith("Perceptron"))
     cells, word = claims.sensitivity(claim, views)
     # chosen: sgd 0.01 (92), multirate 0.005 (95): +3; down: sgd 91, multirate 89: -2; up: 91 vs 93: +2
     assert cells["chosen"].startswith("3.00") and cells["one step down"].startswith("-2.00")
@@ -178,7 +178,7 @@ def test_the_before_view_and_a_failed_premise():
                                  ("multirate", "clean_accuracy", 39.0),
                                  ("multirate", "patch_only_accuracy", 10.0))]
     runs = Runs(rows)
-    claim = next(c for c in claims.CLAIMS if c.name.startswith("Patch: multirate generalises"))
+    claim = next(c for c in claims.claims() if c.name.startswith("Patch: multirate generalises"))
     assert claims.verdict(claim, runs) is None  # nothing under "patch" itself
     text = claims.verdict(claim, claims.before(runs))
     assert text.startswith("-31.00") and "not testable here (clean accuracies 30.0 points apart" in text
