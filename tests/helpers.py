@@ -160,6 +160,10 @@ class Toy(runner.Task):
 
 def main(argv=None):
     return runner.main(argv, ToyConfig, TOML, Toy)
+
+
+if __name__ == "__main__":
+    main()
 '''
 
 

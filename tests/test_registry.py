@@ -328,6 +328,18 @@ def test_a_toy_fourth_experiment_is_run_drawn_reported_submitted_ablated_and_swe
     assert [cfgs[0].k for _, cfgs in sweep.configs(swept)] == [1, 4]
 
 
+@pytest.mark.slow  # three child processes (~30 s on 2 loaded cores); `schedule` is tested fast above
+def test_two_processes_share_the_toy_runs_then_draw(toy, monkeypatch, tmp_path):
+    """`make fig-<name>` as `registry.run` does it: two processes side by side train every run once
+    between them (--skip-running), then the figure is drawn."""
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'code'}:{ROOT}")
+    results = toy
+    assert registry.run("toy", "quick", "0", [f"results_dir={results}"], str(results), processes=2) == 0
+    runs = sorted(p.stem for p in (results / "quick" / "toy").glob("*.json"))
+    assert [name.split("-")[0] for name in runs] == ["multirate", "sgd"]  # each once
+    assert (results / "quick" / "figures" / "toy.png").exists()
+
+
 def test_no_test_file_imports_another():
     """Shared test helpers live in tests/helpers.py (and fixtures in tests/conftest.py)."""
     not_moved_yet = {("test_patch", "test_data"), ("test_regularization", "test_data"),
