@@ -31,7 +31,8 @@ profiles run seeds 0, 1, 2. Epochs and every other setting are those of the expe
 A variant's experiment is an entry point of ``experiments.registry`` by name. The tables of the
 results (`final_rows`, `summarise`) are here, where both ``figures.ablations`` and the report
 read them: each variant's final-epoch value of the metrics its experiment is judged by (the
-registry's ``Part.metrics``), mean and sd over seeds.
+registry's ``Part.metrics``), mean and sd over seeds; so are the runs they leave out, and why
+(`left_out_runs`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import pretraining, registry
+from experiments import left_out, pretraining, registry
 from experiments.config import OPTIMIZERS, PROFILES, experiment_config, load_config, parse_seeds
 from experiments.runlog import last_epoch, read_results, read_runs
 
@@ -173,28 +174,40 @@ def _field(value):
     return "+".join(map(str, value)) if isinstance(value, list) else value
 
 
+def _keys(name: str) -> list[str]:
+    """The config fields that tell the variants of ablation `name` apart: the method and every field
+    some variant sets (a variant that leaves one at the experiment's value must not claim its
+    neighbours' runs)."""
+    return ["method", *dict.fromkeys(o.partition("=")[0] for v in grids()[name] for o in v.overrides)]
+
+
+def _folder(variant: Variant, name: str, results_dir: str | Path, profile: str) -> Path:
+    folder = registry.part(variant.experiment).results_folder
+    return ablation_results_dir(results_dir, name) / profile / folder
+
+
+def _matching(runs: pd.DataFrame, want, keys: list[str]) -> pd.DataFrame:
+    """The rows of `runs` (one per run, with its config fields) whose `keys` have `want`'s values."""
+    for key in keys:
+        runs = runs.loc[[value == getattr(want, key) for value in runs[key]]]
+    return runs
+
+
 def final_rows(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame:
     """One row per complete run of ablation `name` and metric, at the run's last evaluation."""
-    # Every field some variant of this ablation sets: a variant that leaves one at the
-    # experiment's value must not claim its neighbours' runs.
-    variants = grids()[name]
-    varied = dict.fromkeys(o.partition("=")[0] for v in variants for o in v.overrides)
-    keys = ["method", *varied]
+    keys = _keys(name)
     logs = {}  # experiment -> (its rows, its runs): the variants of an ablation share folders
     frames = []
-    for variant in variants:
+    for variant in grids()[name]:
         if variant.experiment not in logs:
-            folder = (ablation_results_dir(results_dir, name) / profile
-                      / registry.part(variant.experiment).results_folder)
+            folder = _folder(variant, name, results_dir, profile)
             rows = read_results(folder, only_complete=True)
             logs[variant.experiment] = (rows, None if rows.empty else read_runs(folder))
         rows, runs = logs[variant.experiment]
         if rows.empty:
             continue
         want = variant_config(variant, profile, 0, results_dir, name)
-        match = runs[runs.status == "complete"]
-        for key in keys:
-            match = match.loc[[value == getattr(want, key) for value in match[key]]]
+        match = _matching(runs[runs.status == "complete"], want, keys)
         rows = rows[rows.run.isin(match.run) & rows.metric.isin(registry.part(variant.experiment).metrics)]
         rows = last_epoch(rows)
         config = match.set_index("run")[FIELDS].map(_field)
@@ -202,6 +215,23 @@ def final_rows(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True)
+
+
+def left_out_runs(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame:
+    """The runs of ablation `name` that `final_rows` leaves out (diverged or not finished), one row
+    each: its variant's ``label``, ``seed`` and ``reason`` (`experiments.left_out.runs`)."""
+    keys, left, frames = _keys(name), {}, []
+    for variant in grids()[name]:
+        if variant.experiment not in left:
+            folder = _folder(variant, name, results_dir, profile)
+            left[variant.experiment] = left_out.runs(folder, tuple(keys[1:]))
+        if left[variant.experiment].empty:
+            continue
+        want = variant_config(variant, profile, 0, results_dir, name)
+        frames.append(_matching(left[variant.experiment], want, keys).assign(label=variant.label))
+    if not frames:
+        return pd.DataFrame(columns=["label", "seed", "reason"])
+    return pd.concat(frames, ignore_index=True)[["label", "seed", "reason"]]
 
 
 def summarise(final: pd.DataFrame, name: str) -> pd.DataFrame:

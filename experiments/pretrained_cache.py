@@ -11,6 +11,12 @@ ResNet and tiny DistilBERT; `SHIPPED_MANIFEST` lists each file, its SHA-256 and 
 against the manifest, else by pretraining. ``make pretrain`` (`main`) pretrains the shipped networks
 again and says whether their weights are the shipped ones to the bit.
 
+Downloaded networks (the paper profile's ImageNet ResNets, from torchvision) are checked too:
+`check_hub_weights` compares a torch.hub file's SHA-256 with the prefix its name carries
+(``resnet50-11ad3fa6.pth``) before it is loaded. torch.hub checks that prefix only when it downloads
+the file (``load_state_dict_from_url`` with ``check_hash``: a file already in the cache is loaded
+unchecked), so a file damaged later would be loaded without a word.
+
 This module is apart from `experiments.pretraining` on purpose: the cache keys hash the source of
 ``pretraining.py`` (the code that produces the weights), and how a cache is stored and checked does
 not change the weights.
@@ -30,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from experiments.files import atomic_open, sha256_bytes, waiting_lock, write_json
+from experiments.errors import UserError
+from experiments.files import atomic_open, sha256_bytes, sha256_file, waiting_lock, write_json
 
 SHIPPED_DIR = Path(__file__).with_name("pretrained")
 SHIPPED_MANIFEST = SHIPPED_DIR / "manifest.json"
@@ -120,6 +127,20 @@ def _read_verified(path: Path) -> tuple[dict | None, str]:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), ""
     except Exception as err:  # noqa: BLE001 (any failure to read means: not usable)
         return None, f"cannot be loaded ({' '.join(str(err).split())[:120]})"
+
+
+def check_hub_weights(path: str | Path) -> None:
+    """Refuse, in one line naming the file and the fix, a downloaded torch.hub weights file whose
+    SHA-256 does not start with the hex digits in its name (torch.hub's convention, its
+    ``HASH_REGEX``: ``resnet50-11ad3fa6.pth``). A missing file (downloaded, and checked, when it is
+    loaded) or a name without digits passes."""
+    path = Path(path)
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None or not match[1] or not path.is_file():
+        return
+    if not sha256_file(path).startswith(match[1]):
+        raise UserError(f"{path} is damaged: its SHA-256 does not start with the {match[1]} in its name; "
+                        "delete it, and it is downloaded again on the next run")
 
 
 def shipped() -> dict[str, dict]:

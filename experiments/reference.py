@@ -49,6 +49,7 @@ NOT_COMPARED = ("time_s",)  # wall-clock: recorded, machine-dependent
 # or the patch construction fix; design checks with their own overrides): read by the claims and the
 # docs, never expected under results/.
 ARCHIVED = ("before/", "design/")
+CURVE = "val_loss@epoch"  # + N: the validation loss after epoch N
 SKIP_DIRS = {"figures", "wandb", "slurm", "pretrained", "checkpoints", "sweeps"}
 
 
@@ -57,7 +58,8 @@ SKIP_DIRS = {"figures", "wandb", "slurm", "pretrained", "checkpoints", "sweeps"}
 def summarize(rows: list[dict]) -> dict[str, float]:
     """A run's summary metrics from its logged rows: every metric's value at the last evaluation,
     the training time there (``time_s``) and, for a run that logs ``val_loss``, its minimum, the
-    epoch of the minimum and every other metric at that epoch (``<metric>@best_val``)."""
+    epoch of the minimum, every other metric at that epoch (``<metric>@best_val``) and the whole
+    validation curve (``val_loss@epoch<N>``: a rise over a span after the minimum needs it)."""
     if not rows:
         return {}
     last = max(r["epoch"] for r in rows)
@@ -70,6 +72,7 @@ def summarize(rows: list[dict]) -> dict[str, float]:
         out["val_loss@min_epoch"] = float(best["epoch"])
         out.update({f"{r['metric']}@best_val": r["value"] for r in rows
                     if r["epoch"] == best["epoch"] and r["metric"] != "val_loss"})
+        out.update({f"{CURVE}{int(r['epoch'])}": r["value"] for r in val})
     return out
 
 
@@ -260,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Compare results with the committed reference, or update it.")
     parser.add_argument("command", choices=("check", "update", "slice", "readme"))
-    parser.add_argument("--profile", default="quick", choices=PROFILES)
+    # Checked below, not by argparse: an unknown profile is one line naming it and the allowed ones
+    # (argparse's choices would print its usage block too), and nothing is written.
+    parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
     parser.add_argument("--experiment", default=None, help="comma-separated results folders (default: all)")
     parser.add_argument("--results-dir", default=None, help="default: results (slice: a temporary folder)")
     parser.add_argument("--update", action="store_true", help="slice: rewrite slice.csv instead of checking")
@@ -269,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="readme: fail if a page's tables (README.md, docs/) are not up to date")
     args = parser.parse_args(argv)
+    if args.profile not in PROFILES:
+        raise UserError(f"--profile {args.profile!r}: not a profile; one of {', '.join(PROFILES)}")
     experiments = folders([e.strip() for e in args.experiment.split(",")]) if args.experiment else None
     if args.command == "check":
         return check(args.profile, args.results_dir or "results", experiments)

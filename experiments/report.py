@@ -11,8 +11,10 @@ validation loss over epochs) and ours - paper.
 The difference is printed only where ours ran on the paper's data set (CIFAR, SST-2, PTB, MNIST):
 on a generated task an accuracy or a loss is not comparable with the paper's, so the column says
 "other task", and the claims section at the top compares what is (gaps, ratios, rises).
-An experiment without complete runs says "not run". Times are hardware-specific, so the transfer
-tables compare the time relative to train-all of the same model, not seconds.
+An experiment without complete runs says "not run". Every section says which runs it left out and
+why (diverged at epoch N, not finished: `experiments.left_out`), and so does the claims table.
+Times are hardware-specific, so the transfer tables compare the time relative to train-all of the
+same model, not seconds.
 
 The sections follow ``experiments.registry.EXPERIMENTS``: each experiment's ``report`` function
 (``results/<profile> -> Markdown``), or, for one that names none, `generic_section` (the final value
@@ -28,8 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import registry
-from experiments.ablations import final_rows, grids, summarise
+from experiments import left_out, registry
+from experiments.ablations import final_rows, grids, left_out_runs, summarise
 from experiments.config import PROFILES
 from experiments.runlog import last_epoch, read_results, read_runs
 
@@ -212,17 +214,37 @@ def generic_section(experiment: registry.Experiment, root: Path) -> str:
 
 
 def section(experiment: registry.Experiment, root: Path) -> str:
-    """The experiment's report section: its own function (the registry's ``report``), else generic."""
-    if experiment.report:
-        return registry.resolve(experiment.report)(root)
-    return generic_section(experiment, root)
+    """The experiment's report section: its own function (the registry's ``report``), else generic;
+    then the runs of its folders that it left out, and why."""
+    own = registry.resolve(experiment.report) if experiment.report else None
+    text = own(root) if own else generic_section(experiment, root)
+    return text + left_out_note(root, list(dict.fromkeys(part.results_folder for part in experiment.parts)))
+
+
+def left_out_note(root: Path, folders: list[str]) -> str:
+    """"Left out of `patch`: multirate: 2 of 3 seeds, seed 1 diverged at epoch 4." per folder under
+    `root` with runs that are not complete (`experiments.left_out`); "" when there are none."""
+    lines = []
+    for folder in folders:
+        left = left_out.runs(root / folder)
+        if not left.empty:
+            parts = left_out.described(left, read_results(root / folder, only_complete=True), str)
+            lines.append(f"\nLeft out of `{folder}`: {'; '.join(parts)}.\n")
+    return "".join(lines)
+
+
+def ablation_left_out(name: str, results_dir: Path, profile: str, final: pd.DataFrame) -> str:
+    """A paragraph "Left out: SGD k=5: 0 of 1 seed, seed 0 diverged at epoch 2." for the runs of
+    ablation `name` that its table leaves out (`final`: its complete runs' rows); "" if there are none."""
+    texts = left_out.by_method(left_out_runs(name, results_dir, profile), final, ("label",))
+    return f"\n\nLeft out: {'; '.join(f'{label}: {text}' for label, text in texts.items())}." if texts else ""
 
 
 def ablation_section(results_dir: Path, profile: str) -> str:
     parts = []
     final_k = final_rows("k", results_dir, profile)
     if final_k.empty:
-        parts.append("## Ablations: k\n\nnot run")
+        parts.append("## Ablations: k\n\nnot run" + ablation_left_out("k", results_dir, profile, final_k))
     else:
         k = summarise(final_k, "k")
         paper = registry.paper()["transfer_resnet50"]
@@ -236,28 +258,33 @@ def ablation_section(results_dir: Path, profile: str) -> str:
             f"Paper (ResNet-50/CIFAR-100, k not stated): speed-up {paper_speedup:.2f}, accuracy gap "
             f"{paper_gap:+.1f} points; the paper has no k ablation to compare with.\n\n"
             + table(["base", "variant", "k", "seeds", "accuracy", "time (s)", "speed-up", "gap to train-all"],
-                    body))
+                    body) + ablation_left_out("k", results_dir, profile, final_k))
     for name in (n for n in grids() if n != "k"):
         final_ = final_rows(name, results_dir, profile)
         if final_.empty:
-            parts.append(f"## Ablations: {name}\n\nnot run")
+            parts.append(f"## Ablations: {name}\n\nnot run"
+                         + ablation_left_out(name, results_dir, profile, final_))
             continue
         body = [[r.label, r.metric, r.seeds, fmt(r.value, r.value_sd), f"{r.time_s:.1f}"]
                 for r in summarise(final_, name).itertuples()]
         parts.append(f"## Ablations: {name} (no paper numbers)\n\n"
-                     + table(["variant", "metric", "seeds", "ours (final)", "time (s)"], body))
+                     + table(["variant", "metric", "seeds", "ours (final)", "time (s)"], body)
+                     + ablation_left_out(name, results_dir, profile, final_))
     return "\n\n".join(parts) + "\n"
 
 
 def claims_section(results_dir: Path, profile: str) -> str:
     """Each claim of the paper as the quantity it is about, per seed, with its verdict
-    (experiments/claims.py), from the complete runs under results/<profile>."""
+    (experiments/claims.py), from the complete runs under results/<profile>, and the seeds it left
+    out and why."""
     from experiments.claims import sensitivity_table, table
     from experiments.readme_tables import Runs
     from experiments.reference import collect
 
     runs = Runs(collect(results_dir, profile))
-    return ("## The paper's claims\n\n" + table({profile: runs}, missing="—")
+    folders = {part.results_folder for e in registry.EXPERIMENTS.values() for part in e.parts}
+    left = {folder: left_out.runs(results_dir / profile / folder) for folder in sorted(folders)}
+    return ("## The paper's claims\n\n" + table({profile: runs}, missing="—", left_out={profile: left})
             + "\n### Sensitivity of each verdict (held-out trials of the comparison protocol)\n\n"
             + sensitivity_table(runs))
 

@@ -50,7 +50,7 @@ import statistics
 import sys
 import time
 import urllib.error
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,7 @@ from experiments import errors, pretraining, runner
 from experiments.config import RunConfig, require
 from experiments.data import DownloadError, fetch_cifar, holdout_split, load_cifar, normalize
 from experiments.determinism import code_key
+from experiments.pretrained_cache import check_hub_weights
 from experiments.synthetic_images import (
     GENERATOR_VERSION,
     SOURCE_CLASSES,
@@ -183,9 +184,33 @@ class SmallResNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for _, stage in self.stages():
+            x = stage(x)
+        return x
+
+    def stages(self) -> list[tuple[tuple[str, ...], Callable[[Tensor], Tensor]]]:
+        """`forward` as a sequence of stages, each with the names of the modules it runs."""
+        layers = [((f"layer{i}",), getattr(self, f"layer{i}")) for i in range(1, 5)]
+        return [(("conv1", "bn1"), self._stem), *layers, (("fc",), self._head)]
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def _head(self, x: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def frozen_stages(self) -> int:
+        """How many leading stages cannot change in training: no trained parameter, and every batch
+        norm on its pretraining statistics (`freeze_bn_statistics`)."""
+        count = 0
+        for names, _ in self.stages():
+            modules = [getattr(self, name) for name in names]
+            if any(p.requires_grad for m in modules for p in m.parameters()) or any(
+                    isinstance(n, nn.BatchNorm2d) and type(n) is not FrozenStatsBatchNorm2d
+                    for m in modules for n in m.modules()):
+                break
+            count += 1
+        return count
 
 
 class WeightsUnavailable(errors.UserError, RuntimeError):
@@ -193,17 +218,19 @@ class WeightsUnavailable(errors.UserError, RuntimeError):
 
 
 def imagenet_resnet(name: str) -> nn.Module:
-    """torchvision's ResNet ``name`` with its ImageNet weights (downloaded once; torchvision checks
-    their hash). A network failure raises `WeightsUnavailable` with a one-line message."""
+    """torchvision's ResNet ``name`` with its ImageNet weights (downloaded once; torch.hub checks the
+    SHA-256 prefix in the file's name when it downloads it, `check_hub_weights` before every load). A
+    network failure raises `WeightsUnavailable` with a one-line message."""
     import torchvision
 
     enum_name, member = TORCHVISION[name][0].split(".")
     weights = getattr(getattr(torchvision.models, enum_name), member)
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    check_hub_weights(target)  # torch.hub loads a file already in its cache unchecked
     try:
         return getattr(torchvision.models, name)(weights=weights)
     except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, refused connections
         reason = getattr(err, "reason", err) if isinstance(err, urllib.error.URLError) else err
-        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise WeightsUnavailable(
             f"could not download the ImageNet weights {TORCHVISION[name][0]} for {name} from "
             f"{weights.url}: {reason}. If this machine has no internet, download the file elsewhere "
@@ -341,6 +368,9 @@ class TransferTask(runner.Task):
     def __init__(self, cfg: TransferConfig | None = None):
         super().__init__(cfg)
         self._test: tuple[Tensor, Tensor] | None = None
+        # (stages, batches): the evaluation batches through the frozen leading stages (`_eval_batches`),
+        # so a frozen backbone is not evaluated again every epoch
+        self._frozen_features: tuple[int, list[Tensor]] | None = None
 
     # -- data
     def _load(self, cfg: TransferConfig, train: bool) -> tuple[Tensor, Tensor]:
@@ -412,11 +442,39 @@ class TransferTask(runner.Task):
             self._test = tuple(t.to(device) for t in self._load(cfg, train=False))
         images, labels = self._test
         correct, loss_sum = 0, 0.0
-        for xb, yb in zip(images.split(cfg.eval_batch_size), labels.split(cfg.eval_batch_size)):
-            logits = model(self.prepare(xb))
+        start, batches = self._eval_batches(model, images)
+        for xb, yb in zip(batches, labels.split(cfg.eval_batch_size)):
+            logits = self._forward_from(model, start, xb)
             correct += int((logits.argmax(1) == yb).sum())
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         return {"test_accuracy": 100.0 * correct / len(labels), "test_loss": loss_sum / len(labels)}
+
+
+    def _eval_batches(self, model: nn.Module, images: Tensor) -> tuple[int, list[Tensor]]:
+        """(start, batches): the evaluation batches after the model's first `start` stages, those
+        that cannot change in training; computed once a run, then reused. The same operations on the
+        same batches as the whole forward, so the same bits."""
+        batches = images.split(self.cfg.eval_batch_size)
+        start = model.frozen_stages() if isinstance(model, SmallResNet) else 0
+        if not start:
+            return 0, [self.prepare(xb) for xb in batches]
+        if self._frozen_features is None or self._frozen_features[0] != start:
+            features = []
+            for xb in batches:
+                x = self.prepare(xb)
+                for _, stage in model.stages()[:start]:
+                    x = stage(x)
+                features.append(x)
+            self._frozen_features = (start, features)
+        return self._frozen_features
+
+    @staticmethod
+    def _forward_from(model: nn.Module, start: int, x: Tensor) -> Tensor:
+        if not start:
+            return model(x)
+        for _, stage in model.stages()[start:]:
+            x = stage(x)
+        return x
 
 
 # ----------------------------------------------------------------------------- entry point

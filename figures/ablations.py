@@ -9,7 +9,9 @@ value and the training time (mean and sd over seeds). A run belongs to a variant
 and every field that any variant of the ablation overrides have the variant's values. The tables are
 ``experiments.ablations.final_rows`` and ``summarise`` (the report reads them too); the ``k``
 table adds, per base optimizer, the speed-up over train-all (train-all's time / the run's time)
-and the accuracy gap (accuracy - train-all's accuracy, in points).
+and the accuracy gap (accuracy - train-all's accuracy, in points). Runs left out of a figure (diverged,
+not finished: ``experiments.ablations.left_out_runs``) are named with the reason in its note and in
+the table's ``left_out`` column.
 """
 
 import pandas as pd
@@ -17,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from experiments import ablations
-from figures import results_root, save, style
+from figures import left_out, results_root, save, style
 from figures.style import plt
 
 METRIC_NAMES = {"test_accuracy": "test accuracy (%)", "val_loss": "validation loss",
@@ -28,8 +30,9 @@ BASES = {"sgd": ("SGD", "o", "-"), "adamw": ("AdamW", "s", "--")}  # base -> nam
 BASELINE = "#8c8c8c"  # bars of the non-multirate variants; multirate's are style.COLOURS["multirate"]
 
 
-def plot(table: pd.DataFrame, name: str, profile: str = "quick"):
-    """A figure per ablation: k -> accuracy vs time and speed-up vs k; otherwise bars per variant."""
+def plot(table: pd.DataFrame, name: str, profile: str = "quick", omitted: str = ""):
+    """A figure per ablation: k -> accuracy vs time and speed-up vs k; otherwise bars per variant;
+    `omitted`: the note on the runs it leaves out (`omitted_note`)."""
     metrics = list(dict.fromkeys(table.metric))
     multirate_colour = style.COLOURS["multirate"]
     if name == "k":
@@ -111,8 +114,15 @@ def plot(table: pd.DataFrame, name: str, profile: str = "quick"):
                    loc="upper right")
     fig.suptitle(f"Ablation: {name}")
     data = "generated data" if profile != "paper" else "the paper's data sets"
-    style.finish(fig, f"{style.seeds_note(table.seeds)} · {profile} profile: {data}")
+    style.finish(fig, f"{style.seeds_note(table.seeds)} · {profile} profile: {data}", left_out=omitted)
     return fig
+
+
+def omitted_note(left: pd.DataFrame, final: pd.DataFrame) -> str:
+    """"left out: k = 5: 2 of 3 seeds, seed 1 diverged at epoch 4" for the variants with runs left
+    out (`left`: `experiments.ablations.left_out_runs`; `final`: the complete runs' rows); "" if none."""
+    texts = left_out.by_method(left, final, ("label",))
+    return left_out.note([f"{label}: {text}" for label, text in texts.items()])
 
 
 def main(argv=None):
@@ -121,12 +131,17 @@ def main(argv=None):
     written = []
     for name in ablations.grids():
         final = ablations.final_rows(name, results_dir, profile)
+        left = ablations.left_out_runs(name, results_dir, profile)
+        omitted = omitted_note(left, final)
         if final.empty:
-            print(f"ablation {name}: no complete runs yet (python -m experiments.ablations --only {name})")
+            print(f"ablation {name}: no complete runs yet (python -m experiments.ablations --only {name})"
+                  + (f"; {omitted}" if omitted else ""))
             continue
         table = ablations.summarise(final, name)
-        print(f"ablation {name}:\n{table.to_string(index=False, float_format='%.3g')}")
-        save(plot(table, name, profile), table, parser_root, f"ablation_{name}")
+        print(f"ablation {name}:\n{table.to_string(index=False, float_format='%.3g')}"
+              + (f"\n{omitted}" if omitted else ""))
+        save(plot(table, name, profile, omitted), left_out.add_column(table, left, final, ("label",)),
+             parser_root, f"ablation_{name}")
         written.append(name)
     return written
 

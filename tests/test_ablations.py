@@ -111,7 +111,8 @@ def test_k_figure_and_table_from_synthetic_logs(tmp_path):
     out = tmp_path / "quick" / "figures"
     assert (out / "ablation_k.png").stat().st_size > 10_000 and (out / "ablation_k.pdf").exists()
     table = pd.read_csv(out / "ablation_k.csv").set_index("label")
-    assert list(table.index) == ["SGD train-all", "SGD k=5", "AdamW train-all", "AdamW k=2"]
+    # SGD k=10 has no complete run: its row is empty but for what was left out (below)
+    assert list(table.index) == ["SGD train-all", "SGD k=5", "AdamW train-all", "AdamW k=2", "SGD k=10"]
     assert table.loc["SGD k=5", "value"] == pytest.approx(78.5)
     assert table.loc["SGD k=5", "seeds"] == 2
     assert table.loc["SGD k=5", "speedup"] == pytest.approx(100 / 45)
@@ -119,6 +120,31 @@ def test_k_figure_and_table_from_synthetic_logs(tmp_path):
     assert table.loc["AdamW k=2", "speedup"] == pytest.approx(1.5)
     assert table.loc["AdamW k=2", "accuracy_gap"] == pytest.approx(1.5)
     assert table.loc["SGD train-all", "value"] == 80.0  # not the main folder's 10.0
+
+
+def test_the_ablation_figure_table_and_report_say_which_runs_they_left_out_and_why(tmp_path, monkeypatch):
+    from experiments import report
+
+    for seed in (0, 1, 2):
+        cfgs = configs("k", tmp_path, seed=seed)
+        log(cfgs["SGD train-all"], 80.0, 100.0)
+        log(cfgs["SGD k=5"], 79.0, 50.0, status="diverged" if seed == 1 else "complete")
+    log(configs("k", tmp_path)["SGD k=10"], 70.0, 10.0, status="running")
+    left = ablations.left_out_runs("k", tmp_path, "quick")
+    assert list(zip(left.label, left.seed, left.reason)) == [
+        ("SGD k=5", 1, "diverged at epoch 2"), ("SGD k=10", 0, "not finished")]
+    saved = {}  # figure name -> (its texts, its table)
+    monkeypatch.setattr(figure, "save", lambda fig, table, root, name: saved.setdefault(
+        name, ([t.get_text() for t in fig.texts], table)))
+    figure.main(["--results-dir", str(tmp_path)])
+    notes, table = saved["ablation_k"]
+    assert any("left out: SGD k=10: 0 of 1 seed, seed 0 not finished; SGD k=5: 2 of 3 seeds, seed 1 diverged "
+               "at epoch 2" in t for t in notes)
+    by_label = table.drop_duplicates("label").set_index("label")
+    assert by_label.loc["SGD k=5", "left_out"] == "2 of 3 seeds, seed 1 diverged at epoch 2"
+    assert by_label.loc["SGD k=5", "seeds"] == 2 and by_label.loc["SGD train-all", "left_out"] == ""
+    assert ("Left out: SGD k=10: 0 of 1 seed, seed 0 not finished; SGD k=5: 2 of 3 seeds, seed 1 diverged "
+            "at epoch 2.") in report.ablation_section(tmp_path, "quick")
 
 
 def test_drift_figure_covers_both_experiments(tmp_path):

@@ -83,6 +83,8 @@ def test_summarize_takes_the_last_evaluation_and_the_best_validation_epoch():
     s = reference.summarize(_rows())
     assert s["test_accuracy"] == 53.0 and s["time_s"] == 4.5
     assert s["val_loss@min"] == 1.5 and s["val_loss@min_epoch"] == 2.0 and s["test_accuracy@best_val"] == 52.0
+    assert [s[f"val_loss@epoch{e}"] for e in (1, 2, 3)] == [2.0, 1.5, 1.7]  # the whole curve
+    assert "test_accuracy@epoch1" not in s
 
 
 def _ref(value, metric="test_accuracy", run="r1"):
@@ -207,11 +209,18 @@ def test_slice_commands_name_experiment_modules():
         "experiments.regularization_lm", "experiments.regularization_mlp", "experiments.convergence"}
 
 
-@pytest.mark.parametrize("command", ["update", "check"])
-def test_an_unknown_profile_is_refused_and_nothing_is_written(command, tmp_path, capsys):
-    """`update --profile X` wrote a new CSV into the repository."""
+@pytest.mark.parametrize("command", ["update", "check", "slice", "readme"])
+def test_an_unknown_profile_is_refused_in_one_line_and_nothing_is_written(command, tmp_path, capsys,
+                                                                         monkeypatch):
+    """`update --profile X` wrote a new CSV into the repository; then argparse's refusal printed its
+    usage block above the error."""
+    from experiments import errors
+
     before = sorted(p.name for p in reference.FOLDER.iterdir())
+    argv = ["reference", command, "--profile", "medium", "--results-dir", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_:
-        reference.main([command, "--profile", "medium", "--results-dir", str(tmp_path)])
-    assert exit_.value.code == 2 and "invalid choice: 'medium'" in capsys.readouterr().err
-    assert sorted(p.name for p in reference.FOLDER.iterdir()) == before
+        errors.cli(reference.main)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and "--profile 'medium'" in line and "quick, cpu, paper" in line
+    assert sorted(p.name for p in reference.FOLDER.iterdir()) == before and not any(tmp_path.iterdir())

@@ -226,6 +226,23 @@ def test_a_damaged_shipped_network_is_named_and_not_used(tmp_path, shipped, caps
     assert f"{shipped / 'x.pt'} is damaged: its SHA-256 is not the one in manifest.json" in err
 
 
+def test_a_downloaded_weights_file_is_checked_against_the_sha256_prefix_in_its_name(tmp_path):
+    """torch.hub checks the prefix (``resnet50-11ad3fa6.pth``) when it downloads the file only."""
+    from experiments.errors import UserError
+
+    data = b"the weights"
+    intact = tmp_path / f"resnet34-{sha256_bytes(data)[:8]}.pth"
+    intact.write_bytes(data)
+    pretrained_cache.check_hub_weights(intact)
+    pretrained_cache.check_hub_weights(tmp_path / "resnet50-11ad3fa6.pth")  # not there: downloaded, checked
+    damaged = tmp_path / "resnet50-11ad3fa6.pth"
+    damaged.write_bytes(data)
+    with pytest.raises(UserError) as err:
+        pretrained_cache.check_hub_weights(damaged)
+    assert str(err.value) == (f"{damaged} is damaged: its SHA-256 does not start with the 11ad3fa6 in its "
+                              "name; delete it, and it is downloaded again on the next run")
+
+
 def test_different_tensors_compares_bits():
     a = {"w": torch.tensor([0.0, 1.0]), "n": torch.tensor(3)}
     assert pretrained_cache.different_tensors(a, {k: v.clone() for k, v in a.items()}) == []

@@ -169,6 +169,29 @@ def test_sensitivity_reads_each_point_and_calls_a_changing_verdict_fragile():
     assert word == "fragile"
 
 
+def _lm_curves(curves: dict[str, list[float]], seed: int = 0) -> list[dict]:
+    return [dict(experiment="regularization_lm", run=f"{m}-{seed}", method=m, seed=seed,
+                 metric=f"val_loss@epoch{e}", value=v)
+            for m, values in curves.items() for e, v in enumerate(values, start=1)]
+
+
+def test_the_matched_span_rise_compares_the_same_epochs_after_each_minimum():
+    claim = next(c for c in claims.claims() if c.name.endswith("over a matched span"))
+    # SGD: minimum at epoch 2, 2 epochs after it; multirate: minimum at epoch 3, and its run is 2
+    # epochs longer. Over SGD's 2 epochs SGD rises 0.4 and multirate 0.1.
+    runs = Runs(_lm_curves({"sgd": [2.0, 1.0, 1.2, 1.4], "multirate": [3.0, 2.0, 1.0, 1.05, 1.1, 1.5]}))
+    assert claim.measure(runs, 0) == pytest.approx(0.1 / 0.4)
+    assert claim.premise(runs) is None
+    # A multirate minimum too close to the end to measure SGD's span after it: no value, and the
+    # claim says why instead of judging no seed
+    late = Runs(_lm_curves({"sgd": [2.0, 1.0, 1.2, 1.4], "multirate": [3.0, 2.0, 1.5, 1.0]}))
+    assert claim.measure(late, 0) is None
+    assert claim.premise(late) == ("multirate's minimum comes too late for SGD's span after it: "
+                                   "epochs 4 vs 2 (multirate vs SGD) of 4")
+    assert "not testable here (multirate's minimum comes too late" in claims.verdict(claim, late)
+    assert claim.measure(Runs(_lm_curves({"sgd": [2.0, 1.0, 1.5]})), 0) is None  # multirate not run
+
+
 def test_the_before_view_and_a_failed_premise():
     rows = [dict(experiment="before/patch", run=f"{m}-0", method=m, seed=0, metric=metric, value=v)
             for m, metric, v in (("small_lr", "clean_accuracy", 40.0),
@@ -182,6 +205,42 @@ def test_the_before_view_and_a_failed_premise():
     assert claims.verdict(claim, runs) is None  # nothing under "patch" itself
     text = claims.verdict(claim, claims.before(runs))
     assert text.startswith("-31.00") and "not testable here (clean accuracies 30.0 points apart" in text
+
+
+def mlp_rows(seeds: dict[str, list[int]]) -> list[dict]:
+    """Reference rows of the perceptron: each method's final test accuracy at `seeds[method]`."""
+    return [dict(experiment="regularization_mlp", run=f"{m}-{seed}", method=m, seed=seed,
+                 metric="test_accuracy", value=90.0 + seed + (m == "multirate"))
+            for m, method_seeds in seeds.items() for seed in method_seeds]
+
+
+def test_every_claim_says_which_runs_it_reads():
+    # `omitted` names the runs a claim's values left out from what its measure reads
+    for claim in claims.claims():
+        experiment, methods = claim.measure.reads
+        assert experiment in ("transfer", "patch", "regularization_lm", "regularization_mlp") and methods
+
+
+def test_a_claim_says_which_seeds_it_left_out_and_why():
+    import pandas as pd
+
+    claim = next(c for c in claims.claims() if c.name.startswith("Perceptron"))
+    complete = Runs(mlp_rows({"multirate": [0, 1, 2], "sgd": [0, 1, 2]}))
+    assert claims.verdict(claim, complete) == "1.00 ± 0.00 (3 seeds): reproduced"  # as before
+    # The reference keeps complete runs only: sgd's seed 1 is missing, the reason unknown ...
+    runs = Runs(mlp_rows({"multirate": [0, 1, 2], "sgd": [0, 2]}))
+    assert claims.verdict(claim, runs) == (
+        "1.00 ± 0.00 (2 of 3 seeds; sgd seed 1 has no complete run): reproduced")
+    # ... the results folder knows it (experiments.left_out.runs)
+    left = {"regularization_mlp": pd.DataFrame([dict(method="sgd", seed=1, reason="diverged at epoch 4")])}
+    assert "(2 of 3 seeds; sgd seed 1 diverged at epoch 4)" in claims.verdict(claim, runs, left)
+    # A seed that no method ran is not left out; a seed another claim's experiment ran is not either.
+    other = Runs(mlp_rows({"multirate": [0, 2], "sgd": [0, 2]})
+                 + [dict(experiment="transfer", run="fc-1", method="fc", seed=1, metric="test_accuracy",
+                         value=1.0)])
+    assert claims.verdict(claim, other) == "1.00 ± 0.00 (2 seeds): reproduced"
+    table = claims.table({"quick": runs}, left_out={"quick": left})
+    assert "| 1.00 ± 0.00 (2 of 3 seeds; sgd seed 1 diverged at epoch 4): reproduced |" in table
 
 
 @pytest.mark.parametrize("name", sorted(protocol.PROTOCOLS))

@@ -13,8 +13,9 @@ from experiments.transfer import TOML as TRANSFER_TOML
 from experiments.transfer import TransferConfig
 
 
-def log(cls, toml, method, seed, tmp_path, series, seconds=10.0, overrides=()):
-    """A complete run whose epochs log `series` ({metric: [value per epoch]})."""
+def log(cls, toml, method, seed, tmp_path, series, seconds=10.0, overrides=(), status="complete"):
+    """A run (complete unless `status` says otherwise) whose epochs log `series` ({metric: [value
+    per epoch]})."""
     cfg = load_config(cls, toml, "quick", method,
                       [f"results_dir={tmp_path}", f"seed={seed}", "wandb=disabled", *overrides])
     run = RunLog(cfg)
@@ -22,13 +23,13 @@ def log(cls, toml, method, seed, tmp_path, series, seconds=10.0, overrides=()):
     epochs = len(next(iter(series.values())))
     for epoch in range(1, epochs + 1):
         run.log(epoch, 10 * epoch, seconds * epoch / epochs, {m: v[epoch - 1] for m, v in series.items()})
-    run.finish("complete")
+    run.finish(status)
 
 
-def patch_run(tmp_path, method, seed, clean, dataset="generated"):
+def patch_run(tmp_path, method, seed, clean, dataset="generated", status="complete"):
     log(PatchConfig, PATCH_TOML, method, seed, tmp_path,
         {"clean_accuracy": [10.0, clean], "patched_accuracy": [10.0, clean + 20],
-         "patch_only_accuracy": [10.0, 95.0]}, overrides=[f"dataset={dataset}"])
+         "patch_only_accuracy": [10.0, 95.0]}, overrides=[f"dataset={dataset}"], status=status)
 
 
 def test_report_numbers_differences_and_missing_experiments(tmp_path, monkeypatch):
@@ -97,3 +98,18 @@ def test_main_writes_a_report_per_profile_with_results_and_links_figures(tmp_pat
     text = written[0].read_text()
     assert "![patch](figures/patch.png)" in text
     assert "| large_lr | clean_accuracy | 1 | 72.00 | 65.00 | other task |" in text
+
+
+def test_the_report_says_which_runs_it_left_out_and_why(tmp_path):
+    for seed in (0, 1, 2):
+        patch_run(tmp_path, "multirate", seed, 70.0)
+        patch_run(tmp_path, "small_lr", seed, 60.0, status="diverged" if seed == 1 else "complete")
+    patch_run(tmp_path, "large_lr", 0, 65.0, status="running")
+    text = report.report(tmp_path, "quick")
+    # The patch section: its table holds the complete runs, the line below it what it left out ...
+    assert "| small_lr | clean_accuracy | 2 |" in text
+    assert ("Left out of `patch`: large_lr: 0 of 1 seed, seed 0 not finished; "
+            "small_lr: 2 of 3 seeds, seed 1 diverged at epoch 2.") in text
+    # ... and the claims table says which seeds its values come from, and why the others are missing.
+    assert "(2 of 3 seeds; small_lr seed 1 diverged at epoch 2)" in text
+    assert "Left out" not in report.report(tmp_path / "nothing", "quick")

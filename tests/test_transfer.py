@@ -257,6 +257,42 @@ def test_frozen_stages_keep_their_statistics(tmp_path):
     assert not torch.equal(net.layer4[0].bn1.running_mean, torch.zeros(8))  # trained: updated
 
 
+@pytest.mark.parametrize("method,frozen", [("train_all", 0), ("multirate", 0), ("layer2+3+4+fc", 2),
+                                           ("layer4+fc", 4), ("fc", 5)])
+def test_evaluation_reuses_the_frozen_stages_with_the_same_bits(tmp_path, method, frozen):
+    # The test set through the frozen leading stages is computed once a run; every evaluation must
+    # still equal the whole forward bit for bit, after the trained stages have moved.
+    cfg = quick_cfg(tmp_path, method, "pretrained=false", "target_test=40", "eval_batch_size=16")
+    task = TransferTask(cfg)
+    net = task.build_model()
+    apply_train(net, cfg.train)
+    assert net.frozen_stages() == frozen
+
+    def whole_forward() -> dict:  # evaluate as it was before the frozen stages were reused
+        images, labels = task._test
+        correct, loss_sum = 0, 0.0
+        for xb, yb in zip(images.split(cfg.eval_batch_size), labels.split(cfg.eval_batch_size)):
+            logits = net(task.prepare(xb))
+            correct += int((logits.argmax(1) == yb).sum())
+            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        return {"test_accuracy": 100.0 * correct / len(labels), "test_loss": loss_sum / len(labels)}
+
+    net.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            staged = task.evaluate(net, torch.device("cpu"))
+            assert staged == whole_forward()
+            assert task._frozen_features is None if not frozen else task._frozen_features[0] == frozen
+            for p in net.parameters():  # what training does to the trained stages
+                if p.requires_grad:
+                    p.add_(0.1)
+    x = torch.randn(3, 3, 8, 8)
+    staged = x
+    for _, stage in net.stages():
+        staged = stage(staged)
+    assert torch.equal(staged, net(x))
+
+
 # ----------------------------------------------------------------------------- offline errors
 
 def test_unreachable_network_gives_a_one_line_error(tmp_path, monkeypatch, capsys):
@@ -276,3 +312,17 @@ def test_unreachable_network_gives_a_one_line_error(tmp_path, monkeypatch, capsy
     assert "\n" not in message and "Traceback" not in message
     assert "ResNet34_Weights.IMAGENET1K_V1" in message and "name resolution" in message
     assert str(tmp_path / "torch-home") in message  # where to put the file by hand
+
+
+def test_damaged_imagenet_weights_in_the_cache_are_refused_before_loading():
+    """torch.hub checks the SHA-256 prefix in the file's name only when it downloads the file."""
+    from pathlib import Path
+
+    from experiments.errors import UserError
+
+    name = Path(torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url).name  # resnet34-b627a593.pth
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    cached.parent.mkdir(parents=True)
+    torch.save({"fc.weight": torch.zeros(1)}, cached)  # loadable, but not the published file
+    with pytest.raises(UserError, match=f"{cached} is damaged: its SHA-256 does not start with the "):
+        transfer.imagenet_resnet("resnet34")
