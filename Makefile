@@ -9,19 +9,19 @@ PY := $(BIN)python
 INSTALLED := $(if $(VENV),$(VENV)/.installed,)# setup's stamp; none in the active environment
 PROFILE ?= quick# quick: offline, CPU, minutes; cpu: the paper's counts on generated data, ~1 h a figure; paper: real data, GPU
 SEEDS ?= 0,1,2
-# The patch runs of each figure, costliest first (two processes share them: the last run is short)
-PATCH_FIGURE := small_lr,large_lr,multirate_early,multirate
+# The patch partitions figure's runs, costliest first (two processes share them: the last run is short);
+# the patch figure's are its registry entry's (experiments/registry.py)
 PATCH_PARTITIONS := multirate_random_half,multirate_weights,multirate_bn,multirate_biases
 DEVICE ?= cpu# for `make speedup`: cpu or cuda
 SWEEP ?= experiments/sweeps/transfer_random.toml
 SLURM ?=# options for experiments.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08:00:00 --partition gpu --mem 32G"
 
-.PHONY: help setup test test-all lint clean fig-transfer fig-patch fig-regularization speedup
-.PHONY: figures ablations report convergence sweep sweep-wandb slurm-transfer slurm-patch slurm-regularization test-slurm
+.PHONY: help setup test test-all lint clean speedup
+.PHONY: figures ablations report convergence sweep sweep-wandb test-slurm
 .PHONY: patch-partitions reference-check readme-tables plan pretrain tune-transfer tune-regularization
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
+	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
 
 setup: $(INSTALLED)  ## create .venv with a working torch/torchvision pair and everything else
 
@@ -47,22 +47,6 @@ lint: setup  ## ruff
 pretrain: setup  ## pretrain the quick profile's shipped networks (experiments/pretrained/) again: bit-identical?; CHECK=1 changes nothing
 	$(PY) -m experiments.pretrained_cache $(if $(CHECK),--check,)
 
-fig-transfer: setup  ## transfer learning (ResNets, DistilBERT) and its figure; PROFILE=quick|cpu|paper SEEDS=0,1,2
-ifeq ($(PROFILE),paper)
-	for model in resnet50 resnet34; do $(PY) -m experiments.transfer --profile paper --seeds $(SEEDS) model=$$model || exit 1; done
-	$(PY) -m experiments.transfer_text --profile paper --seeds $(SEEDS)
-else
-# Two 1-thread processes share every run (--skip-running: each takes the next run nobody has
-# started): one pretrains the ResNet and starts on its runs, the other DistilBERT; whichever is
-# done first helps with the rest. A run's bits do not depend on which process trains it.
-	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) --skip-running && \
-	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS) --skip-running & a=$$!; \
-	$(PY) -m experiments.transfer_text --profile $(PROFILE) --seeds $(SEEDS) --skip-running && \
-	$(PY) -m experiments.transfer --profile $(PROFILE) --seeds $(SEEDS) --skip-running; b=$$?; \
-	wait $$a && test $$b -eq 0
-endif
-	$(PY) -m figures.transfer --profile $(PROFILE)
-
 tune-transfer: setup  ## the comparison protocol's trials for the transfer figure (docs/protocol.md), then the choice; PROFILE
 tune-regularization: setup  ## the same for the regularisation figure; PROFILE
 tune-transfer: TUNE := transfer_resnet transfer_distilbert
@@ -75,28 +59,18 @@ tune-transfer tune-regularization:
 	wait $$a && test $$b -eq 0
 	for f in $(TUNE); do $(PY) -m experiments.protocol select $$f --profile $(PROFILE) --results-dir results || exit 1; done
 
-fig-patch: setup  ## patch-augmented data (WRN-16: small h, large h, multirate) and its figure; PROFILE, SEEDS
-	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_FIGURE) --skip-running & a=$$!; \
-	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_FIGURE) --skip-running; b=$$?; \
-	wait $$a && test $$b -eq 0
-	$(PY) -m figures.patch --profile $(PROFILE)
-
 patch-partitions: setup  ## patch task: every candidate fast part (biases, weights, random half, BN) and its figure; PROFILE=cpu
 	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_PARTITIONS) --skip-running & a=$$!; \
 	$(PY) -m experiments.patch --profile $(PROFILE) --seeds $(SEEDS) --method $(PATCH_PARTITIONS) --skip-running; b=$$?; \
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.patch --profile $(PROFILE)
 
-fig-regularization: setup  ## random subgroups vs SGD and dropout (transformer LM, perceptron) and its figure
-	$(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) --skip-running && \
-	$(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS) --skip-running & a=$$!; \
-	$(PY) -m experiments.regularization_mlp --profile $(PROFILE) --seeds $(SEEDS) --skip-running && \
-	$(PY) -m experiments.regularization_lm --profile $(PROFILE) --seeds $(SEEDS) --skip-running; b=$$?; \
-	wait $$a && test $$b -eq 0
-	$(PY) -m figures.regularization --profile $(PROFILE)
-
-fig-%: setup  ## any other registered experiment (experiments/registry.py): its runs, then its figure
-	$(PY) -m experiments.registry $* --run --profile $(PROFILE) --seeds $(SEEDS)
+# A figure of experiments/registry.py: its runs, then its figure, as the registry says (`python -m
+# experiments.registry NAME --commands` prints them). Two 1-thread processes share the runs
+# (--skip-running: each takes the next run nobody has started; they begin on different parts); a
+# run's bits do not depend on which process trains it. The paper profile runs one at a time.
+fig-%: setup  ## a registered figure (transfer, patch, regularization, convergence, ...): its runs, then the figure; PROFILE, SEEDS
+	$(PY) -m experiments.registry $* --run --processes $(if $(filter paper,$(PROFILE)),1,2) --profile $(PROFILE) --seeds $(SEEDS)
 
 figures: fig-transfer fig-patch fig-regularization convergence report  ## every paper figure, then the report (finished runs are skipped, so a rerun only redraws)
 
@@ -138,14 +112,8 @@ speedup: setup  ## time train-all / multirate / head-only steps (DEVICE=cpu|cuda
 	$(PY) -m experiments.speedup --model resnet50 --image-size 224 --batch-size 8 --k 5 --steps 5 --repeats 5 --threads 1 --device $(DEVICE) --json results/speedup/resnet50-$(DEVICE).json
 	$(PY) -m experiments.speedup --model distilbert --seq-len 128 --batch-size 8 --k 5 --steps 5 --repeats 4 --threads 1 --device $(DEVICE) --json results/speedup/distilbert-$(DEVICE).json
 
-slurm-transfer: setup  ## transfer runs as a Slurm job array, then the figure; PROFILE SEEDS SLURM
-	$(PY) -m experiments.slurm transfer --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
-
-slurm-patch: setup  ## patch runs as a Slurm job array, then the figure
-	$(PY) -m experiments.slurm patch --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
-
-slurm-regularization: setup  ## regularisation runs (MLP + LM) as a Slurm job array, then the figure
-	$(PY) -m experiments.slurm regularization --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
+slurm-%: setup  ## a registered figure's runs as a Slurm job array, then the figure; PROFILE SEEDS SLURM
+	$(PY) -m experiments.slurm $* --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
 
 test-slurm: setup  ## Slurm integration tests (start a cluster first, as root: .ci/slurm-up.sh)
 	$(PY) -m pytest -m slurm -rs tests/test_slurm.py

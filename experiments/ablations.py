@@ -8,7 +8,7 @@ overrides on top of that method. Each variant is an ordinary run of that experim
 ``<results>/ablations/<name>``, so its runs live in ``<results>/ablations/<name>/<profile>/<experiment>/``
 and never mix with the runs the figures of the main experiments read.
 
-The grids (``ABLATIONS``):
+The grids (`grids`, from each experiment's ``ablations`` in ``experiments/registry.py``):
 
 - ``k``: k in {1, 2, 5, 10, 25} on the transfer setting (fast = fc, linear drift) with the SGD base
   (h = 0.1, the transfer config's) and the AdamW base (h = 0.003), each beside train-all with its
@@ -46,7 +46,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import left_out, pretraining, registry
-from experiments.config import PROFILES, experiment_config, load_config, parse_seeds
+from experiments.config import OPTIMIZERS, PROFILES, experiment_config, load_config, parse_seeds
 from experiments.optimizers import check_optimizer
 from experiments.runlog import last_epoch, read_results, read_runs
 
@@ -95,21 +95,25 @@ def _subgroup_grid() -> list[Variant]:
     return grid
 
 
-ABLATIONS: dict[str, list[Variant]] = {
-    "k": _k_grid(),
-    "drift": _drift_grid(),
-    "fast": [Variant(f"fast = {name}", "transfer", "multirate", (f"lr={SGD_LR}", "k=5", f"fast={fast}"))
-             for name, fast in (("fc", "fc"), ("layer4+fc", "layer4,fc"),
-                                ("layer3+layer4+fc", "layer3,layer4,fc"))],
-    "subgroups": _subgroup_grid(),
-    # Which reading of "the slow subset is zeroed during the k fast steps" (multirate.partition.
-    # random_subgroups): zeroed on the k - 1 fast steps and restored for the step that takes its
-    # gradient (the headline, as Algorithm 1 takes every slow gradient at the full network), or
-    # zeroed on all k steps. On the language model, whose claim it is.
-    "zeroing": [Variant("zeroed on k − 1 of k steps (headline)", "regularization_lm", "multirate"),
-                Variant("zeroed on all k steps", "regularization_lm", "multirate",
-                        ("zero_slow_every_step=true",))],
-}
+# The grids, each named by the registry entry of the experiment it ablates (experiments/registry.py),
+# which orders them: `grids`.
+K = _k_grid()
+DRIFT = _drift_grid()
+FAST = [Variant(f"fast = {name}", "transfer", "multirate", (f"lr={SGD_LR}", "k=5", f"fast={fast}"))
+        for name, fast in (("fc", "fc"), ("layer4+fc", "layer4,fc"),
+                           ("layer3+layer4+fc", "layer3,layer4,fc"))]
+SUBGROUPS = _subgroup_grid()
+# Which reading of "the slow subset is zeroed during the k fast steps" (multirate.partition.
+# random_subgroups): zeroed on the k - 1 fast steps and restored for the step that takes its
+# gradient (the headline, as Algorithm 1 takes every slow gradient at the full network), or
+# zeroed on all k steps. On the language model, whose claim it is.
+ZEROING = [Variant("zeroed on k − 1 of k steps (headline)", "regularization_lm", "multirate"),
+           Variant("zeroed on all k steps", "regularization_lm", "multirate", ("zero_slow_every_step=true",))]
+
+
+def grids() -> dict[str, list[Variant]]:
+    """Every ablation, name -> its variants, from the registry (`registry.ablations`)."""
+    return registry.ablations()
 
 
 def ablation_results_dir(results_dir: str | Path, name: str) -> Path:
@@ -136,7 +140,7 @@ def check_ablations(names: list[str], profile: str, seeds: list[int], results_di
     """Load the config of every variant x seed of the ablations `names` and build its optimizer on a
     stand-in model: an impossible one raises ValueError (naming the variant) before any run starts."""
     for name in names:
-        for variant in ABLATIONS[name]:
+        for variant in grids()[name]:
             for seed in seeds:
                 try:
                     check_optimizer(variant_config(variant, profile, seed, results_dir, name))
@@ -148,7 +152,7 @@ def run_ablation(name: str, profile: str, seeds: list[int], results_dir: str | P
                  ) -> list[dict]:
     """Run every variant x seed of ablation `name`; returns the runs' results (as `main` gives them)."""
     results = []
-    for variant in ABLATIONS[name]:
+    for variant in grids()[name]:
         # Pretrained networks cached elsewhere under results_dir (keyed by what determines them).
         run_dir = variant_config(variant, profile, seeds[0], results_dir, name).run_dir
         pretraining.share_caches(run_dir, results_dir)
@@ -173,7 +177,7 @@ def _keys(name: str) -> list[str]:
     """The config fields that tell the variants of ablation `name` apart: the method and every field
     some variant sets (a variant that leaves one at the experiment's value must not claim its
     neighbours' runs)."""
-    return ["method", *dict.fromkeys(o.partition("=")[0] for v in ABLATIONS[name] for o in v.overrides)]
+    return ["method", *dict.fromkeys(o.partition("=")[0] for v in grids()[name] for o in v.overrides)]
 
 
 def _folder(variant: Variant, name: str, results_dir: str | Path, profile: str) -> Path:
@@ -193,7 +197,7 @@ def final_rows(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame
     keys = _keys(name)
     logs = {}  # experiment -> (its rows, its runs): the variants of an ablation share folders
     frames = []
-    for variant in ABLATIONS[name]:
+    for variant in grids()[name]:
         if variant.experiment not in logs:
             folder = _folder(variant, name, results_dir, profile)
             rows = read_results(folder, only_complete=True)
@@ -216,7 +220,7 @@ def left_out_runs(name: str, results_dir: str | Path, profile: str) -> pd.DataFr
     """The runs of ablation `name` that `final_rows` leaves out (diverged or not finished), one row
     each: its variant's ``label``, ``seed`` and ``reason`` (`experiments.left_out.runs`)."""
     keys, left, frames = _keys(name), {}, []
-    for variant in ABLATIONS[name]:
+    for variant in grids()[name]:
         if variant.experiment not in left:
             folder = _folder(variant, name, results_dir, profile)
             left[variant.experiment] = left_out.runs(folder, tuple(keys[1:]))
@@ -231,7 +235,7 @@ def left_out_runs(name: str, results_dir: str | Path, profile: str) -> pd.DataFr
 
 def summarise(final: pd.DataFrame, name: str) -> pd.DataFrame:
     """Mean and sd over seeds per variant and metric, in the ablation's order; k adds the trade-off."""
-    order = {v.label: i for i, v in enumerate(ABLATIONS[name])}
+    order = {v.label: i for i, v in enumerate(grids()[name])}
     table = (final.groupby(["label", "experiment", "metric", *FIELDS], sort=False)
              .agg(value=("value", "mean"), value_sd=("value", "std"), time_s=("time_s", "mean"),
                   time_s_sd=("time_s", "std"), seeds=("seed", "nunique"))
@@ -243,8 +247,9 @@ def summarise(final: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def base_of(optimizer: str) -> str:
-    """The base algorithm of an optimizer name: "sgd" for sgd/multirate, "adamw" for adamw/multirate_adamw."""
-    return "adamw" if optimizer.endswith("adamw") else "sgd"
+    """The base algorithm of an optimizer name (`experiments.config.OPTIMIZERS`): "sgd" for
+    sgd/multirate, "adamw" for adamw/multirate_adamw."""
+    return OPTIMIZERS[optimizer]
 
 
 def tradeoff(table: pd.DataFrame) -> pd.DataFrame:
@@ -264,15 +269,15 @@ def tradeoff(table: pd.DataFrame) -> pd.DataFrame:
 def main(argv_: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the ablation grids (finished runs are skipped).")
     parser.add_argument("--profile", default="quick", choices=PROFILES)
-    parser.add_argument("--only", default=",".join(ABLATIONS),
-                        help=f"comma-separated, of {', '.join(ABLATIONS)}")
+    known = grids()
+    parser.add_argument("--only", default=",".join(known), help=f"comma-separated, of {', '.join(known)}")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: quick 0, paper 0,1,2)")
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv_)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ABLATIONS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        parser.error(f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)}")
+        parser.error(f"unknown ablation(s) {unknown}; known: {list(known)}")
     seeds = parse_seeds(args.seeds) if args.seeds else SEEDS[args.profile]
     check_ablations(names, args.profile, seeds, args.results_dir)  # every run possible, or nothing runs
     for name in names:

@@ -4,10 +4,11 @@
     python -m experiments.plan transfer --profile paper model=resnet34            # ResNet-34, CIFAR-10
     python -m experiments.plan all --profile paper steps=2 --json results/paper/plan.json
 
-Experiments: transfer, transfer_text, patch, regularization_lm, regularization_mlp (``all``: each
-of them, the transfer module once per torchvision model of the profile, as in
-``experiments/registry.py``). Options: ``--method a,b``, ``--seeds 0,1,2`` (the figure's seed count,
-default 3), ``--measure-batch M``, ``--json FILE``, ``key=value`` overrides of the config.
+Experiments: every entry point of ``experiments/registry.py`` with ``plan=True`` (transfer,
+transfer_text, patch, regularization_lm, regularization_mlp; ``all``: each of them, the transfer
+module once per torchvision model of the profile, as the registry's override sets say). Options:
+``--method a,b``, ``--seeds 0,1,2`` (the figure's seed count, default 3), ``--measure-batch M``,
+``--json FILE``, ``key=value`` overrides of the config.
 
 For each method the plan runs the task's own code, as `experiments.runner.run` does: ``Task(cfg)``,
 ``train_tensors`` (the whole training set on the device), ``build_model``, ``apply_train``,
@@ -78,7 +79,6 @@ from experiments.config import (
 from experiments.files import write_json
 from experiments.optimizers import apply_train, build_optimizer
 
-PLANNED = ("transfer", "transfer_text", "patch", "regularization_lm", "regularization_mlp")
 DEFAULT_STEPS = 3
 DEFAULT_SEEDS = 3  # the figures' seeds: `make figures SEEDS=0,1,2`
 GIB = 2**30
@@ -520,7 +520,7 @@ def plan_targets(name: str, profile: str, overrides: list[str] = ()) -> list[tup
     an override set whose keys the command line overrides too is replaced by the command line's."""
     given = {item.partition("=")[0].strip() for item in overrides}
     targets = []
-    for n in PLANNED if name == "all" else [name]:
+    for n in registry.planned() if name == "all" else [name]:
         variants = registry.part(n).override_sets(profile)
         if any(item.partition("=")[0].strip() in given for variant in variants for item in variant):
             variants = [[]]
@@ -532,7 +532,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description="Cost plan: time a few training steps of every method at the run's real size.",
         epilog="steps=N (timed steps of each kind, default 3) and key=value config overrides")
-    parser.add_argument("experiment", help=f"one of {', '.join(PLANNED)}, or all")
+    planned = registry.planned()
+    parser.add_argument("experiment", help=f"one of {', '.join(planned)}, or all")
     parser.add_argument("--profile", default="paper", choices=PROFILES)
     parser.add_argument("--method", default=None, help="comma-separated method names (default: all)")
     parser.add_argument("--seeds", default=None,
@@ -543,8 +544,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)
     methods, seed_list = run_selection(parser, args)
-    if args.experiment != "all" and args.experiment not in PLANNED:
-        parser.error(f"unknown experiment {args.experiment!r}: choose one of {', '.join(PLANNED)}, or all")
+    if args.experiment != "all" and args.experiment not in planned:
+        parser.error(f"unknown experiment {args.experiment!r}: choose one of {', '.join(planned)}, or all")
     if args.measure_batch is not None and args.measure_batch < 1:
         parser.error("--measure-batch must be >= 1")
     steps, overrides = DEFAULT_STEPS, []
@@ -592,4 +593,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["main", "plan_experiment", "measure", "markdown", "Sources", "skip_to_slow_step",
-           "peak_rss_gib", "PLANNED"]
+           "peak_rss_gib"]

@@ -4,25 +4,29 @@ typed in).
     python -m experiments.readme_tables           # rewrite the tables of every page
     python -m experiments.readme_tables --check   # exit 1 if a page is not up to date
 
-A table lives between ``<!-- reference:NAME -->`` and ``<!-- /reference -->`` in any page of `PAGES`
-(README.md and every docs/**/*.md); `BLOCKS` maps NAME to the function that renders it from the
+A table lives between ``<!-- reference:NAME -->`` and ``<!-- /reference -->`` in any page of `pages`
+(README.md and every docs/**/*.md); `blocks` maps NAME to the function that renders it from the
 reference rows (`experiments.reference.read`) of the quick profile; ``NAME-cpu`` renders the same
-table from the cpu profile's reference. Adding a table is one line in `BLOCKS` and the two markers
-in the page that shows it. tests/test_readme.py fails when a table and the reference disagree, or
-when a registered table is shown nowhere.
+table from the cpu profile's reference. The names come from ``experiments/registry.py``: each
+experiment's ``tables`` (an experiment that names none has one, `generic_table`, under its own name),
+``ablation-NAME`` for each of its ablations; and the claims and their sensitivity (`GENERAL`). Adding
+a table is one line in its experiment's entry and the two markers in the page that shows it.
+tests/test_readme.py fails when a table and the reference disagree, or when a registered table is
+shown nowhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments import claims, protocol, reference
-from experiments.ablations import ABLATIONS, variant_config
+from experiments import claims, protocol, reference, registry
+from experiments.ablations import variant_config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -177,16 +181,12 @@ def regularization_table(runs: Runs) -> str:
                      "LM rise after min", "LM test ppl at best val", "perceptron final acc. (%)"], rows)
 
 
-ABLATION_METRICS = {"transfer": ("test_accuracy",), "patch": ("clean_accuracy", "patch_only_accuracy"),
-                    "regularization_mlp": ("test_accuracy",),
-                    "regularization_lm": ("val_loss@min", "val_loss")}
-
-
 def ablation_table(runs: Runs, name: str) -> str:
     """One row per variant of ablation `name` (seed 0): its headline metrics and training time; for
     the k grid also the speed-up and the gap to the train-all row of the same base optimizer."""
-    variants = ABLATIONS[name]
-    metrics = list(dict.fromkeys(m for v in variants for m in ABLATION_METRICS[v.experiment]))  # in order
+    variants = registry.ablations()[name]
+    parts = [registry.part(v.experiment) for v in variants]
+    metrics = list(dict.fromkeys(m for p in parts for m in p.table_metrics or p.metrics))  # in order
     rows, base = [], {}
     for variant in variants:
         run = variant_config(variant, "quick", 0, "results", name).run_name
@@ -222,29 +222,77 @@ def convergence_table(runs: Runs) -> str:
     return markdown(header, rows)
 
 
-BLOCKS: dict[str, Callable[[Runs], str]] = {
-    "transfer-resnet": lambda runs: transfer_table(runs, "resnet"),
-    "transfer-distilbert": lambda runs: transfer_table(runs, "distilbert"),
-    "patch": patch_table,
-    "patch-partitions": lambda runs: patch_table(runs, {**PATCH_NAMES, **PARTITION_NAMES}),
-    "regularization": regularization_table,
-    "transfer-resnet-before": lambda runs: transfer_table(claims.before(runs), "resnet"),
-    "transfer-distilbert-before": lambda runs: transfer_table(claims.before(runs), "distilbert"),
-    "regularization-before": lambda runs: regularization_table(claims.before(runs)),
-    "patch-before": lambda runs: patch_table(claims.before(runs), {**PATCH_NAMES, **PARTITION_NAMES}),
-    "patch-premise": patch_premise_table,
-    "ablation-k": lambda runs: ablation_table(runs, "k"),
-    "ablation-drift": lambda runs: ablation_table(runs, "drift"),
-    "ablation-fast": lambda runs: ablation_table(runs, "fast"),
-    "ablation-subgroups": lambda runs: ablation_table(runs, "subgroups"),
-    "ablation-zeroing": lambda runs: ablation_table(runs, "zeroing"),
+def transfer_resnet_table(runs: Runs) -> str:
+    return transfer_table(runs, "resnet")
+
+
+def transfer_distilbert_table(runs: Runs) -> str:
+    return transfer_table(runs, "distilbert")
+
+
+def transfer_resnet_before_table(runs: Runs) -> str:
+    return transfer_table(claims.before(runs), "resnet")
+
+
+def transfer_distilbert_before_table(runs: Runs) -> str:
+    return transfer_table(claims.before(runs), "distilbert")
+
+
+def patch_partitions_table(runs: Runs) -> str:
+    return patch_table(runs, {**PATCH_NAMES, **PARTITION_NAMES})
+
+
+def patch_before_table(runs: Runs) -> str:
+    return patch_table(claims.before(runs), {**PATCH_NAMES, **PARTITION_NAMES})
+
+
+def regularization_before_table(runs: Runs) -> str:
+    return regularization_table(claims.before(runs))
+
+
+def protocol_transfer_table(runs: Runs) -> str:
+    return protocol_tables(runs, ("transfer_resnet", "transfer_distilbert"))
+
+
+def protocol_regularization_table(runs: Runs) -> str:
+    return protocol_tables(runs, ("regularization_lm", "regularization_mlp"))
+
+
+def generic_table(experiment: registry.Experiment, runs: Runs) -> str:
+    """For an experiment that names no tables of its own: per part, method and metric it is judged by
+    (`Part.metrics`), the final value, mean ± sd over seeds."""
+    rows = []
+    for part in experiment.parts:
+        folder = part.results_folder
+        for m in runs.methods(folder):
+            for metric in part.metrics:
+                values = runs.values(folder, m, metric)
+                if values:
+                    rows.append([part.name, m, metric.replace("_", " "), mean_sd(values), str(len(values))])
+    if not rows:
+        return "not run\n"
+    return markdown(["part", "method", "metric (final)", "mean ± sd", "seeds"], rows)
+
+
+GENERAL: dict[str, Callable[[Runs], str]] = {  # the tables that are no one experiment's
     "claims": lambda runs: claims_table(),
     "sensitivity": claims.sensitivity_table,
-    "protocol-transfer": lambda runs: protocol_tables(runs, ("transfer_resnet", "transfer_distilbert")),
-    "protocol-regularization": lambda runs: protocol_tables(runs, ("regularization_lm",
-                                                                   "regularization_mlp")),
-    "convergence": convergence_table,
 }
+
+
+def blocks() -> dict[str, Callable[[Runs], str]]:
+    """Block name -> the function that renders it from a profile's `Runs`, from the registry: each
+    experiment's ``tables`` (or `generic_table` under its name), ``ablation-NAME`` per ablation, then
+    `GENERAL`."""
+    out: dict[str, Callable[[Runs], str]] = {}
+    for exp in registry.EXPERIMENTS.values():
+        if exp.tables:
+            out.update({name: registry.load(target) for name, target in exp.tables.items()})
+        else:
+            out[exp.name] = functools.partial(generic_table, exp)
+        out.update({f"ablation-{name}": functools.partial(ablation_table, name=name)
+                    for name in exp.ablations})
+    return {**out, **GENERAL}
 
 
 def protocol_tables(runs: Runs, names: tuple[str, ...]) -> str:
@@ -273,16 +321,18 @@ def render(text: str, runs: Runs, by_profile: dict[str, Runs] | None = None, pag
     """`text` with every reference block re-rendered from `runs` (the quick profile's) or, for a
     ``NAME-cpu`` block, from ``by_profile["cpu"]`` (default: the committed cpu reference); `page`
     names the file in the error for an unknown block."""
+    known = blocks()
+
     def block(match: re.Match) -> str:
         name, source = match["name"], runs
         for suffix, profile in PROFILE_SUFFIXES.items():
-            if name.endswith(suffix) and name[: -len(suffix)] in BLOCKS:
+            if name.endswith(suffix) and name[: -len(suffix)] in known:
                 name = name[: -len(suffix)]
                 source = (by_profile or {}).get(profile) or Runs(reference.read(reference.path(profile)))
-        if name not in BLOCKS:
-            raise ValueError(f"{page}: unknown reference block {match['name']!r}; known: {sorted(BLOCKS)}"
+        if name not in known:
+            raise ValueError(f"{page}: unknown reference block {match['name']!r}; known: {sorted(known)}"
                              f" (each also as NAME-cpu)")
-        return match.group(1) + BLOCKS[name](source) + match.group(4)
+        return match.group(1) + known[name](source) + match.group(4)
 
     return BLOCK.sub(block, text)
 

@@ -2,23 +2,51 @@
 
     python -m experiments.registry                        # every experiment and its parts
     python -m experiments.registry patch --commands [--profile P] [--seeds 0,1,2] [key=value ...]
-    python -m experiments.registry patch --run [--profile P] [--seeds 0,1,2] [key=value ...]
+    python -m experiments.registry patch --run [--processes 2] [--profile P] [--seeds 0,1,2] [key=value ...]
     python -m experiments.registry --check-imports        # the import-graph rules below; exit 1 if broken
 
-An `Experiment` is one paper figure: its `Part` s (an entry point ``python -m <module>`` over every
-method of its TOML file, once per override set of the profile: the transfer figure runs the ResNet
-module once per torchvision model in the paper profile, and the DistilBERT module), the figure
-script (``python -m <figure> --profile P --results-dir R``), and the report section (a function
+An `Experiment` is one paper figure: its `Part` s (an entry point ``python -m <module>`` over the
+methods of its TOML file its figure draws, once per override set of the profile: the transfer figure
+runs the ResNet module once per torchvision model in the paper profile, and the DistilBERT module),
+the figure script (``python -m <figure> --profile P --results-dir R``), the report section (a function
 ``results/<profile> -> Markdown``; without one, `experiments.report` writes a generic table of the
-final value of each judged metric per method). Everything that goes over "every experiment" reads
-`EXPERIMENTS`: ``experiments.slurm`` (job arrays), ``experiments.report`` (the sections),
-``experiments.ablations`` and ``experiments.sweep`` (an entry point by name: `entry_point`), the
-Makefile (``--commands``/``--run``, and a test that its targets run what the registry says), and
-the tests.
+final value of each judged metric per method), the paper's numbers (the one table of them), its
+claims, its README/docs tables, its ablations and whether each part is in the cost plan. Everything
+that goes over "every experiment" reads `EXPERIMENTS`: ``experiments.report`` (the sections, the
+paper's numbers, the ablation sections), ``experiments.claims`` (`claims`; each claim's paper value
+from `paper`), ``experiments.readme_tables`` (the blocks), ``experiments.plan`` (`planned`),
+``experiments.ablations`` (`ablations`), ``experiments.slurm`` (job arrays), ``experiments.sweep``
+(an entry point by name: `entry_point`), the Makefile (``make fig-NAME``: ``--run``, `schedule`;
+``make slurm-NAME``), and the tests.
 
 Adding an experiment: its module (a RunConfig subclass, ``TOML``, a ``runner.Task`` and ``main``),
 its TOML file in ``experiments/configs/``, its figure script in ``figures/``, one `Experiment`
-below, and its tests (``tests/test_registry.py`` adds a toy one at run time: the same five places).
+below, and its tests: five places. Where the generic one is not enough, the entry names code of its
+own: claims (a list of ``claims.Claim``; ``claims.margin`` measures a difference of two methods),
+README tables (functions of ``readme_tables.Runs``; else `readme_tables.generic_table` under its
+name), a report section, ablation grids (lists of ``ablations.Variant``), each beside its kind
+(``claims.py``, ``readme_tables.py``, ``report.py``, ``ablations.py``) or anywhere importable; a
+table is shown where a page has its markers. ``tests/test_registry.py`` adds a toy experiment at
+run time and gets its runs, figure, claims row, README tables, cost plan, ablation, report sections,
+Slurm array and sweep from its entry alone.
+
+Counted from the code. Before this entry carried all of that, an experiment on a par with the
+paper's three touched 14 places in 8 files: the five above, ``plan.PLANNED``, ``report.PAPER`` (the
+paper's numbers), a ``report`` section, ``claims.CLAIMS`` (the same numbers typed again),
+``readme_tables.BLOCKS`` and ``ABLATION_METRICS``, ``ablations.ABLATIONS``, and the Makefile's
+``fig-NAME`` and ``slurm-NAME`` recipes. Now: the five, plus the code its entry names (claims,
+tables, a report section, grids; up to four, none of them a list to extend); ``make fig-NAME`` and
+``make slurm-NAME`` are the Makefile's pattern rules.
+
+Adding a base optimizer (the multirate cycle over another base algorithm), counted from the code:
+its direction in ``multirate/_functional.py``; a ``Multirate`` subclass that supplies it (as
+``multirate/adamw.py`` does for AdamW and Adam); its row in ``multirate.bases.BASES`` (which the
+runner, the Hugging Face integration and ``check_hyperparameters`` read); its export in
+``multirate/__init__.py``; its two optimizer names in ``experiments.config.OPTIMIZERS`` (and a
+``RunConfig`` field per new hyperparameter); its case in the conformance tests
+(``tests/test_optimizer_bases.py``): six places; and, for the k-ablation figure only, its marker in
+``figures/ablations.BASES``. (``ablations.base_of`` read the optimizer's name suffix, a seventh
+place; it now reads ``OPTIMIZERS``.)
 
 Import rules (`import_violations`, run by ``--check-imports`` and the tests): no module under
 ``experiments/`` imports an experiment entry point (a `Part`'s module), directly or through other
@@ -40,10 +68,12 @@ import shlex
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs"
@@ -51,13 +81,19 @@ CONFIGS = ROOT / "experiments" / "configs"
 
 @dataclass(frozen=True)
 class Part:
-    """``python -m <module>`` over every method of ``configs/<toml>``, once per override set of the
-    profile (`variants`: profile -> override sets; a profile not named runs once, with none)."""
+    """``python -m <module>`` over the figure's methods of ``configs/<toml>`` (`methods`; none named:
+    every method), once per override set of the profile (`variants`: profile -> override sets; a
+    profile not named runs once, with none)."""
 
     module: str
     toml: str  # a file name in experiments/configs/ (or an absolute path)
     variants: dict[str, list[list[str]]] = field(default_factory=dict)
     metrics: tuple[str, ...] = ()  # the final-epoch metrics it is judged by (ablation tables, report)
+    # The summary metrics (experiments.reference.summarize) of the README's ablation tables; () -> metrics
+    table_metrics: tuple[str, ...] = ()
+    plan: bool = True  # in the cost plan (`experiments.plan all`): a training run to time
+    methods: tuple[str, ...] = ()  # the methods the figure draws, costliest first; (): every method
+    shared: bool = True  # processes side by side can share its runs (--skip-running); False: one run
 
     @property
     def name(self) -> str:
@@ -81,36 +117,118 @@ class Part:
 
 @dataclass(frozen=True)
 class Experiment:
-    """One figure: the parts whose runs it draws, its figure module and its report section."""
+    """One figure: the parts whose runs it draws, its figure module, its report section, the
+    paper's numbers, its claims, its README/docs tables and its ablations.
+
+    Code is named by ``"module:name"`` strings (resolved when used, `load`), so this file imports none
+    of it; an entry made elsewhere (a test's, one's own) may hold the objects instead."""
 
     name: str
     parts: tuple[Part, ...]
     figure: str  # module: python -m <figure> --profile P --results-dir R
     report: str | None = None  # "module:function", function(results/<profile>) -> Markdown; None: generic
     title: str = ""  # the generic report section's heading
+    # The paper's numbers, the one table of them (the report prints them, the claims derive theirs):
+    # {setting: {our method: {metric: value}}}; ~ read off the paper's plots (about ±0.5 point, ±5 % in
+    # time); "time" is seconds of the paper's run.
+    paper: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # Each of the next three is given as "module:name" or as the object itself (`load`).
+    claims: str | Sequence | None = None  # its experiments.claims.Claim s
+    # README/docs blocks: block name -> function(readme_tables.Runs) -> Markdown; none: one block
+    # named after the experiment, `experiments.readme_tables.generic_table`
+    tables: dict[str, str | Callable] = field(default_factory=dict)
+    # ablation name -> its experiments.ablations.Variant s
+    ablations: dict[str, str | Sequence] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.parts:
             raise ValueError(f"experiment {self.name!r}: needs at least one Part")
 
 
+# The paper: T. Vlaar and B. Leimkuhler, "Multirate Training of Neural Networks", ICML 2022 (PMLR 162;
+# arXiv 2106.10771). Its numbers below are read off its figures (marked ~ in the text: about ±0.5
+# point and ±5 % in time).
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("transfer", (
         Part("experiments.transfer", "transfer_resnet.toml",
              {"quick": [["model=small_resnet"]], "paper": [["model=resnet50"], ["model=resnet34"]]},
              metrics=("test_accuracy",)),
         Part("experiments.transfer_text", "transfer_distilbert.toml", metrics=("test_accuracy",))),
-        "figures.transfer", "experiments.report:transfer_section", "Transfer learning"),
+        "figures.transfer", "experiments.report:transfer_section", "Transfer learning",
+        paper={
+            # Section "Transfer learning", ResNet-50 fine-tuned on CIFAR-100 (50 epochs): the figure of
+            # test accuracy against training time, at the final epoch.
+            "transfer_resnet50": {
+                "multirate": {"accuracy": 83.4, "time": 4950}, "train_all": {"accuracy": 83.2, "time": 9870},
+                "layer2+3+4+fc": {"accuracy": 83.2, "time": 7920},
+                "layer3+4+fc": {"accuracy": 81.3, "time": 6520},
+                "layer4+fc": {"accuracy": 75.2, "time": 4400}, "fc": {"accuracy": 53.6, "time": 3830},
+            },
+            # The same section, DistilBERT fine-tuned on SST-2: test accuracy against training time.
+            "transfer_distilbert": {
+                "distilbert_multirate": {"accuracy": 89.4, "time": 198},
+                "distilbert_multirate_l5": {"accuracy": 89.7, "time": 224},
+                "distilbert_train_all": {"accuracy": 89.7, "time": 380},
+                "distilbert_train_345": {"accuracy": 88.6, "time": 247},
+                "distilbert_train_45": {"accuracy": 87.8, "time": 212},
+                "distilbert_train_5": {"accuracy": 88.0, "time": 173},
+                "distilbert_head_only": {"accuracy": 77.0, "time": 142},
+            }},
+        claims="experiments.claims:TRANSFER",
+        tables={"transfer-resnet": "experiments.readme_tables:transfer_resnet_table",
+                "transfer-distilbert": "experiments.readme_tables:transfer_distilbert_table",
+                "transfer-resnet-before": "experiments.readme_tables:transfer_resnet_before_table",
+                "transfer-distilbert-before": "experiments.readme_tables:transfer_distilbert_before_table",
+                "protocol-transfer": "experiments.readme_tables:protocol_transfer_table"},
+        ablations={"k": "experiments.ablations:K", "drift": "experiments.ablations:DRIFT",
+                   "fast": "experiments.ablations:FAST"}),
     Experiment("patch", (
         Part("experiments.patch", "patch.toml",
-             metrics=("clean_accuracy", "patched_accuracy", "patch_only_accuracy")),),
-        "figures.patch", "experiments.report:patch_section", "Patch-augmented data"),
+             metrics=("clean_accuracy", "patched_accuracy", "patch_only_accuracy"),
+             methods=("small_lr", "large_lr", "multirate_early", "multirate"),
+             table_metrics=("clean_accuracy", "patch_only_accuracy")),),
+        "figures.patch", "experiments.report:patch_section", "Patch-augmented data",
+        # Section "Latent time scales" (its Figure 2), WideResNet-16 on patch-augmented CIFAR-10 at epoch
+        # 50; where the plot gives a range (patch-only 98-99, 25-38, 96-97; clean 76-77), its middle.
+        paper={"patch": {
+            "small_lr": {"clean_accuracy": 68.0, "patched_accuracy": 93.0, "patch_only_accuracy": 98.5},
+            "large_lr": {"clean_accuracy": 72.0, "patched_accuracy": 65.0, "patch_only_accuracy": 31.5},
+            "multirate": {"clean_accuracy": 76.5, "patched_accuracy": 93.0, "patch_only_accuracy": 96.5},
+        }},
+        claims="experiments.claims:PATCH",
+        tables={"patch": "experiments.readme_tables:patch_table",
+                "patch-partitions": "experiments.readme_tables:patch_partitions_table",
+                "patch-before": "experiments.readme_tables:patch_before_table",
+                "patch-premise": "experiments.readme_tables:patch_premise_table"}),
     Experiment("regularization", (
         Part("experiments.regularization_mlp", "regularization_mlp.toml", metrics=("test_accuracy",)),
-        Part("experiments.regularization_lm", "regularization_lm.toml", metrics=("val_loss",))),
-        "figures.regularization", "experiments.report:regularization_section", "Regularisation"),
-    Experiment("convergence", (Part("experiments.convergence", "convergence.toml"),),
-               "figures.convergence", "experiments.report:convergence_section", "Convergence check"),
+        Part("experiments.regularization_lm", "regularization_lm.toml", metrics=("val_loss",),
+             table_metrics=("val_loss@min", "val_loss"))),
+        "figures.regularization", "experiments.report:regularization_section", "Regularisation",
+        paper={
+            # Section "Regularisation" (random subgroups), the transformer language model on Penn
+            # Treebank, 150 epochs: the figure of validation loss against epochs.
+            "regularization_lm": {
+                "sgd": {"min_val_loss": 4.85, "final_val_loss": 4.97},
+                "multirate": {"min_val_loss": 4.85, "final_val_loss": 4.89},
+                "dropout": {"final_val_loss": 4.93},
+            },
+            # The same section in the paper's earlier version: a one-hidden-layer perceptron on MNIST,
+            # 200 epochs, final test accuracy.
+            "regularization_mlp": {
+                "multirate": {"test_accuracy": 98.3}, "sgd": {"test_accuracy": 98.1},
+                "dropout": {"test_accuracy": 98.1},
+            }},
+        claims="experiments.claims:REGULARIZATION",
+        tables={"regularization": "experiments.readme_tables:regularization_table",
+                "regularization-before": "experiments.readme_tables:regularization_before_table",
+                "protocol-regularization": "experiments.readme_tables:protocol_regularization_table"},
+        ablations={"subgroups": "experiments.ablations:SUBGROUPS",
+                   "zeroing": "experiments.ablations:ZEROING"}),
+    Experiment("convergence",
+               (Part("experiments.convergence", "convergence.toml", plan=False, shared=False),),
+               "figures.convergence", "experiments.report:convergence_section", "Convergence check",
+               tables={"convergence": "experiments.readme_tables:convergence_table"}),
 )}
 
 
@@ -152,26 +270,95 @@ def entry_point(name: str) -> ModuleType:
         return importlib.import_module(name)
 
 
-def resolve(target: str) -> Callable:
-    """The function named by ``"module:function"``."""
+def resolve(target: str) -> Any:
+    """The function (or other object) named by ``"module:name"``."""
     module, sep, attr = target.partition(":")
     if not sep:
         raise ValueError(f"{target!r} is not of the form module:function")
     return getattr(importlib.import_module(module), attr)
 
 
+def load(target: Any) -> Any:
+    """The object named by a ``"module:name"`` string; any other value is its own object."""
+    return resolve(target) if isinstance(target, str) else target
+
+
+def paper() -> dict[str, dict[str, dict[str, float]]]:
+    """The paper's numbers of every experiment, {setting: {method: {metric: value}}} (`Experiment.paper`;
+    the inner dicts are the entries' own)."""
+    return {setting: numbers for e in EXPERIMENTS.values() for setting, numbers in e.paper.items()}
+
+
+def claims() -> list:
+    """Every experiment's claims (`experiments.claims.Claim`), in registry order."""
+    return [c for e in EXPERIMENTS.values() if e.claims for c in load(e.claims)]
+
+
+def ablations() -> dict[str, list]:
+    """Every ablation, name -> its variants (`experiments.ablations.Variant`), in registry order."""
+    return {name: list(load(target)) for e in EXPERIMENTS.values() for name, target in e.ablations.items()}
+
+
+def planned() -> list[str]:
+    """The entry points the cost plan times (`Part.plan`), by name, in registry order."""
+    return [p.name for p in parts() if p.plan]
+
+
 def commands(name: str, profile: str = "quick", seeds: str | None = None, overrides: list[str] = (),
              results_dir: str | None = None, python: str = sys.executable) -> list[list[str]]:
     """The command lines that make figure `name`: each part once per override set of the profile
-    (every method, the given seeds), then the figure. As the Makefile runs them."""
+    (its figure's methods, the given seeds), then the figure. As ``make fig-<name>`` runs them."""
     exp = experiment(name)
     selection = ["--profile", profile, *(["--seeds", seeds] if seeds else [])]
-    runs = [[python, "-m", p.module, *selection, *variant, *overrides]
+    runs = [[python, "-m", p.module, *selection, *(["--method", ",".join(p.methods)] if p.methods else []),
+             *variant, *overrides]
             for p in exp.parts for variant in p.override_sets(profile)]
     draw = [python, "-m", exp.figure, "--profile", profile]
     if results_dir:
         draw += ["--results-dir", results_dir]
     return [*runs, draw]
+
+
+def schedule(name: str, profile: str = "quick", seeds: str | None = None, overrides: list[str] = (),
+             results_dir: str | None = None, processes: int = 1, python: str = sys.executable
+             ) -> tuple[list[list[list[str]]], list[str]]:
+    """`commands` as `processes` processes side by side run them: (each process's run commands, in
+    order; the figure's, after them all). With more than one, every process goes through the runs of
+    every part that can be shared (`Part.shared`) with ``--skip-running`` (each takes the next run
+    nobody has started, so each run is trained once; a run's bits do not depend on which process
+    trains it), process i starting at the i-th command so that they begin on different parts; the
+    first process alone runs a part that cannot be shared."""
+    *runs, draw = commands(name, profile, seeds, overrides, results_dir, python)
+    if processes <= 1 or not runs:
+        return [runs], draw
+    shared = [p.shared for p in experiment(name).parts for _ in p.override_sets(profile)]
+    runs = [[*cmd, "--skip-running"] if ok else cmd for cmd, ok in zip(runs, shared)]
+    chains = []
+    for i in range(processes):
+        rotated = [(runs[(i + j) % len(runs)], shared[(i + j) % len(runs)]) for j in range(len(runs))]
+        chains.append([cmd for cmd, ok in rotated if ok or i == 0])
+    return chains, draw
+
+
+def _run_chain(chain: list[list[str]]) -> int:
+    """Run `chain`'s commands one after another; the first non-zero exit code stops it (returned)."""
+    for cmd in chain:
+        print(f"+ {shlex.join(cmd)}", flush=True)
+        code = subprocess.run(cmd).returncode
+        if code:
+            return code
+    return 0
+
+
+def run(name: str, profile: str = "quick", seeds: str | None = None, overrides: list[str] = (),
+        results_dir: str | None = None, processes: int = 1) -> int:
+    """Make figure `name` as `schedule` says: the processes' runs side by side, then the figure; 1 if
+    any command failed (the figure is not drawn then)."""
+    chains, draw = schedule(name, profile, seeds, overrides, results_dir, processes)
+    with ThreadPoolExecutor(len(chains)) as pool:
+        if any(pool.map(_run_chain, chains)):
+            return 1
+    return 1 if _run_chain([draw]) else 0
 
 
 # ----------------------------------------------------------------------------- the import graph
@@ -274,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: each TOML's)")
     parser.add_argument("--results-dir", default=None, help="passed to the figure (runs: results_dir=...)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="with --run: processes side by side that share the runs (see `schedule`)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)
     if args.check_imports:
@@ -296,13 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment not in EXPERIMENTS:
         parser.error(f"unknown experiment {args.experiment!r}: choose one of {', '.join(EXPERIMENTS)}")
     overrides = [*args.overrides, *([f"results_dir={args.results_dir}"] if args.results_dir else [])]
-    cmds = commands(args.experiment, args.profile, args.seeds, overrides, args.results_dir)
+    if args.processes < 1:
+        parser.error(f"--processes {args.processes}: must be >= 1")
     if args.run:
-        for cmd in cmds:
-            print(f"+ {shlex.join(cmd)}", flush=True)
-            if subprocess.run(cmd).returncode:
-                return 1
-        return 0
+        return run(args.experiment, args.profile, args.seeds, overrides, args.results_dir, args.processes)
+    cmds = commands(args.experiment, args.profile, args.seeds, overrides, args.results_dir)
     print("\n".join(shlex.join(cmd) for cmd in cmds))
     return 0
 

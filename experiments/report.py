@@ -4,9 +4,10 @@
 
 Without --profile, writes a report for every profile that has a results folder. Each report links
 every figure under results/<profile>/figures/ (relative links) and has a table per experiment:
-the paper's number (``PAPER``, from the notes: numbers marked ~ were read off the paper's plots,
-about ±0.5 point and ±5 % in time), ours (mean ± sd over seeds of complete runs, at the final
-epoch; for the language model also the minimum validation loss over epochs) and ours - paper.
+the paper's number (``Experiment.paper`` in ``experiments/registry.py``, which cites the paper's
+section and figure of each; read off the paper's plots, about ±0.5 point and ±5 % in time), ours
+(mean ± sd over seeds of complete runs, at the final epoch; for the language model also the minimum
+validation loss over epochs) and ours - paper.
 The difference is printed only where ours ran on the paper's data set (CIFAR, SST-2, PTB, MNIST):
 on a generated task an accuracy or a loss is not comparable with the paper's, so the column says
 "other task", and the claims section at the top compares what is (gaps, ratios, rises).
@@ -30,45 +31,14 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import claims, left_out, registry
-from experiments.ablations import ABLATIONS, final_rows, left_out_runs, summarise
+from experiments.ablations import final_rows, grids, left_out_runs, summarise
 from experiments.config import PROFILES
 from experiments.readme_tables import Runs
 from experiments.reference import collect
 from experiments.runlog import last_epoch, read_results, read_runs
 
-# The paper's numbers (~ read off plots; /work/shared/paper-notes.md). Per experiment, per our
-# method name: {metric: value}; "time" is seconds of the paper's run.
-PAPER = {
-    "transfer_resnet50": {  # ResNet-50 on CIFAR-100, 50 epochs
-        "multirate": {"accuracy": 83.4, "time": 4950}, "train_all": {"accuracy": 83.2, "time": 9870},
-        "layer2+3+4+fc": {"accuracy": 83.2, "time": 7920}, "layer3+4+fc": {"accuracy": 81.3, "time": 6520},
-        "layer4+fc": {"accuracy": 75.2, "time": 4400}, "fc": {"accuracy": 53.6, "time": 3830},
-    },
-    "transfer_distilbert": {  # DistilBERT on SST-2
-        "distilbert_multirate": {"accuracy": 89.4, "time": 198},
-        "distilbert_multirate_l5": {"accuracy": 89.7, "time": 224},
-        "distilbert_train_all": {"accuracy": 89.7, "time": 380},
-        "distilbert_train_345": {"accuracy": 88.6, "time": 247},
-        "distilbert_train_45": {"accuracy": 87.8, "time": 212},
-        "distilbert_train_5": {"accuracy": 88.0, "time": 173},
-        "distilbert_head_only": {"accuracy": 77.0, "time": 142},
-    },
-    "patch": {  # WRN-16 on patch-augmented CIFAR-10, epoch 50; ranges in the notes -> their middle
-        "small_lr": {"clean_accuracy": 68.0, "patched_accuracy": 93.0, "patch_only_accuracy": 98.5},
-        "large_lr": {"clean_accuracy": 72.0, "patched_accuracy": 65.0, "patch_only_accuracy": 31.5},
-        "multirate": {"clean_accuracy": 76.5, "patched_accuracy": 93.0, "patch_only_accuracy": 96.5},
-    },
-    "regularization_lm": {  # transformer LM on Penn Treebank, 150 epochs: validation loss
-        "sgd": {"min_val_loss": 4.85, "final_val_loss": 4.97},
-        "multirate": {"min_val_loss": 4.85, "final_val_loss": 4.89},
-        "dropout": {"final_val_loss": 4.93},
-    },
-    "regularization_mlp": {  # one-hidden-layer perceptron on MNIST, 200 epochs
-        "multirate": {"test_accuracy": 98.3}, "sgd": {"test_accuracy": 98.1},
-        "dropout": {"test_accuracy": 98.1},
-    },
-}
-PAPER_NOTE = "paper: ~ read off the paper's plots (about ±0.5 point, ±5 % in time), from the notes"
+PAPER_NOTE = ("paper: ~ read off the paper's plots (about ±0.5 point, ±5 % in time); the section and "
+              "figure of each: experiments/registry.py")
 TRANSFER_TASK = {"resnet50": "ResNet-50 on CIFAR-100", "resnet34": "ResNet-34 on CIFAR-10",
                  "small_resnet": "small ResNet on the generated task (a DIFFERENT task from the paper's)",
                  "distilbert": "DistilBERT"}
@@ -126,7 +96,7 @@ def transfer_section(root: Path) -> str:
         # The quick profile's small ResNet stands in for ResNet-50: its differences are across tasks.
         paper_key = {"resnet50": "transfer_resnet50", "small_resnet": "transfer_resnet50",
                      "distilbert": "transfer_distilbert"}.get(model)
-        paper = PAPER.get(paper_key, {})
+        paper = registry.paper().get(paper_key, {})
         stats = per_method(group)
         same_task = group.dataset.iloc[0] in ("cifar100", "cifar10", "sst2")
         reference = "distilbert_train_all" if model == "distilbert" else "train_all"
@@ -168,7 +138,7 @@ def patch_section(root: Path) -> str:
     same_task = rows.dataset.iloc[0] == "cifar10"
     body = []
     for _, s in stats.iterrows():
-        paper = PAPER["patch"].get(s.method, {}).get(s.metric)
+        paper = registry.paper()["patch"].get(s.method, {}).get(s.metric)
         body.append([s.method, s.metric, s.seeds, fmt(paper), fmt(s["mean"], s.sd),
                      _diff(s["mean"], paper, same_task=same_task)])
     task = "CIFAR-10, WRN-16" if rows.dataset.iloc[0] == "cifar10" else \
@@ -190,7 +160,7 @@ def regularization_section(root: Path) -> str:
         body = []
         for name, values in (("min_val_loss", lowest), ("final_val_loss", last_epoch(val))):
             for _, s in per_method(values).iterrows():
-                paper = PAPER["regularization_lm"].get(s.method, {}).get(name)
+                paper = registry.paper()["regularization_lm"].get(s.method, {}).get(name)
                 body.append([s.method, name, s.seeds, fmt(paper), fmt(s["mean"], s.sd, 3),
                              _diff(s["mean"], paper, 3, same_task)])
         task = "Penn Treebank" if rows.dataset.iloc[0] == "ptb" else \
@@ -204,7 +174,7 @@ def regularization_section(root: Path) -> str:
         same_task = rows.dataset.iloc[0] == "mnist"
         body = []
         for _, s in per_method(last_epoch(rows[rows.metric == "test_accuracy"])).iterrows():
-            paper = PAPER["regularization_mlp"].get(s.method, {}).get("test_accuracy")
+            paper = registry.paper()["regularization_mlp"].get(s.method, {}).get("test_accuracy")
             body.append([s.method, s.seeds, fmt(paper), fmt(s["mean"], s.sd),
                          _diff(s["mean"], paper, same_task=same_task)])
         task = "MNIST" if rows.dataset.iloc[0] == "mnist" else \
@@ -279,7 +249,7 @@ def ablation_section(results_dir: Path, profile: str) -> str:
         parts.append("## Ablations: k\n\nnot run" + ablation_left_out("k", results_dir, profile, final_k))
     else:
         k = summarise(final_k, "k")
-        paper = PAPER["transfer_resnet50"]
+        paper = registry.paper()["transfer_resnet50"]
         paper_speedup = paper["train_all"]["time"] / paper["multirate"]["time"]
         paper_gap = paper["multirate"]["accuracy"] - paper["train_all"]["accuracy"]
         body = [[r.base, r.label, r.k if r.optimizer.startswith("multirate") else "train-all", r.seeds,
@@ -291,7 +261,7 @@ def ablation_section(results_dir: Path, profile: str) -> str:
             f"{paper_gap:+.1f} points; the paper has no k ablation to compare with.\n\n"
             + table(["base", "variant", "k", "seeds", "accuracy", "time (s)", "speed-up", "gap to train-all"],
                     body) + ablation_left_out("k", results_dir, profile, final_k))
-    for name in (n for n in ABLATIONS if n != "k"):
+    for name in (n for n in grids() if n != "k"):
         final_ = final_rows(name, results_dir, profile)
         if final_.empty:
             parts.append(f"## Ablations: {name}\n\nnot run"

@@ -149,7 +149,7 @@ def main(argv=None):
     parser_root = results_root(__doc__.splitlines()[0], argv)
     results_dir, profile = parser_root.parent, parser_root.name
     written = []
-    for name in ablations.ABLATIONS:
+    for name in ablations.grids():
         final = ablations.final_rows(name, results_dir, profile)
         left = ablations.left_out_runs(name, results_dir, profile)
         omitted = omitted_note(left, final)

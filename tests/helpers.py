@@ -6,6 +6,7 @@
 - `TRANSFER_TINY`: overrides that make the transfer experiment's quick profile a test-sized run.
 - `write_toy_experiment`: a whole experiment module (a two-layer net fitting a smooth function) and
   its TOML, for tests that run a new experiment through the registry or a sweep.
+- `register_ablation`: an ablation added to an experiment's registry entry for one test.
 - `small_net`, `batches`, `train`, `assert_lockstep`, `quadratic_grads`, `cycle_reference`,
   `heavy_ball`, `algorithm_1`: the optimizer tests' networks, data, loop and references.
 
@@ -13,12 +14,14 @@ Child processes import this module as ``helpers`` (they put ``tests/`` on ``sys.
 """
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments import registry
 from experiments.config import RunConfig
 from experiments.runner import Task
 
@@ -113,6 +116,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments import runner
+from experiments import registry
 from experiments.config import RunConfig
 
 TOML = Path(__file__).with_suffix(".toml")
@@ -156,6 +160,10 @@ class Toy(runner.Task):
 
 def main(argv=None):
     return runner.main(argv, ToyConfig, TOML, Toy)
+
+
+if __name__ == "__main__":
+    main()
 '''
 
 
@@ -260,3 +268,10 @@ def heavy_ball(mu, wd):
 def algorithm_1(theta_s, theta_f, grad_fn, h, k, mu, wd, cycles, drift):
     """Algorithm 1 of the paper in cycle form: `cycle_reference` with heavy-ball momentum."""
     return cycle_reference(theta_s, theta_f, grad_fn, h, k, cycles, drift, heavy_ball(mu, wd))
+
+
+def register_ablation(monkeypatch, name: str, variants: list, experiment: str = "transfer") -> None:
+    """Add ablation `name` (its `variants`) to `experiment`'s registry entry, for one test."""
+    entry = registry.EXPERIMENTS[experiment]
+    monkeypatch.setitem(registry.EXPERIMENTS, experiment,
+                        dataclasses.replace(entry, ablations={**entry.ablations, name: variants}))

@@ -4,16 +4,17 @@ import pandas as pd
 import pytest
 
 from experiments import ablations
-from experiments.ablations import ABLATIONS, Variant, ablation_results_dir, run_ablation, variant_config
+from experiments.ablations import Variant, ablation_results_dir, grids, run_ablation, variant_config
 from experiments.runlog import RunLog
 from figures import ablations as figure
 from tests.helpers import TRANSFER_TINY as TINY
+from tests.helpers import register_ablation
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py
 
 
 def configs(name, tmp_path, profile="quick", seed=0):
-    return {v.label: variant_config(v, profile, seed, tmp_path, name) for v in ABLATIONS[name]}
+    return {v.label: variant_config(v, profile, seed, tmp_path, name) for v in grids()[name]}
 
 
 def test_k_grid_is_as_configured(tmp_path):
@@ -53,7 +54,7 @@ def test_fast_parts_and_subgroups(tmp_path):
 
 
 def test_runs_go_to_the_ablation_folder(tmp_path):
-    variant = next(v for v in ABLATIONS["k"] if v.label == "SGD k=5")
+    variant = next(v for v in grids()["k"] if v.label == "SGD k=5")
     argv = ablations.argv(variant, "paper", [0, 1, 2], tmp_path, "k")
     assert argv[:6] == ["--profile", "paper", "--method", "multirate", "--seeds", "0,1,2"]
     assert f"results_dir={tmp_path / 'ablations' / 'k'}" in argv
@@ -62,7 +63,7 @@ def test_runs_go_to_the_ablation_folder(tmp_path):
 
 
 def test_tiny_ablation_run_lands_in_its_folder_and_is_not_repeated(tmp_path, monkeypatch):
-    monkeypatch.setitem(ABLATIONS, "tiny", [Variant("k=2", "transfer", "multirate", ("k=2", *TINY))])
+    register_ablation(monkeypatch, "tiny", [Variant("k=2", "transfer", "multirate", ("k=2", *TINY))])
     results = run_ablation("tiny", "quick", [0], tmp_path)
     assert [(r["status"], r["label"]) for r in results] == [("complete", "k=2")]
     folder = ablation_results_dir(tmp_path, "tiny") / "quick" / "transfer"
@@ -75,8 +76,8 @@ def test_tiny_ablation_run_lands_in_its_folder_and_is_not_repeated(tmp_path, mon
 
 def test_pretrained_network_is_shared_between_ablations(tmp_path, monkeypatch):
     variant = Variant("k=2", "transfer", "multirate", ("k=2", *TINY))
-    monkeypatch.setitem(ABLATIONS, "one", [variant])
-    monkeypatch.setitem(ABLATIONS, "two", [variant])
+    register_ablation(monkeypatch, "one", [variant])
+    register_ablation(monkeypatch, "two", [variant])
     run_ablation("one", "quick", [0], tmp_path)
     calls = []
     # The shared training loop, not transfer._pretrain: the cache key hashes _pretrain's source file.
@@ -102,7 +103,7 @@ def test_k_figure_and_table_from_synthetic_logs(tmp_path):
     log(cfgs["AdamW train-all"], 90.0, 120.0)
     log(cfgs["AdamW k=2"], 91.5, 80.0)
     # The same run in the main experiment folder is not an ablation run.
-    main_cfg = variant_config(ABLATIONS["k"][0], "quick", 0, tmp_path, "k")
+    main_cfg = variant_config(grids()["k"][0], "quick", 0, tmp_path, "k")
     main_cfg.results_dir = str(tmp_path)
     log(main_cfg, 10.0, 1.0)
     assert figure.main(["--results-dir", str(tmp_path), "--profile", "quick"]) == ["k"]
@@ -171,7 +172,7 @@ def test_every_variant_and_seed_is_checked_before_any_run(tmp_path, monkeypatch)
 
     good = ablations.Variant("fine", "regularization_mlp", "sgd")
     bad = ablations.Variant("bad", "regularization_mlp", "sgd", ("lr=inf",))
-    monkeypatch.setitem(ablations.ABLATIONS, "probe", [good, bad])
+    register_ablation(monkeypatch, "probe", [good, bad], "regularization")
     monkeypatch.setattr(ablations, "run_ablation", lambda *a, **k: pytest.fail("a run started"))
     with pytest.raises(ValueError, match=r"ablation probe, variant 'bad': invalid lr=inf: must be a finite"):
         ablations.main(["--only", "probe", "--results-dir", str(tmp_path / "results")])

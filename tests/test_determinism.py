@@ -195,7 +195,7 @@ def test_a_patch_table_with_unequal_seeds_says_how_many_each_row_holds():
             for m, seeds in (("small_lr", (0, 1)), ("multirate_bn", (0,)))
             for seed in seeds for metric, v in (("clean_accuracy", 40.0 + seed), ("patched_accuracy", 90.0),
                                                 ("patch_only_accuracy", 97.5))]
-    table = readme_tables.BLOCKS["patch-partitions"](readme_tables.Runs(rows))
+    table = readme_tables.blocks()["patch-partitions"](readme_tables.Runs(rows))
     assert table.splitlines()[0] == ("| method (final accuracy %, mean ± sd) | seeds | clean | with patch "
                                      "| patch only |")
     assert "| small h (0.004) | 2 | 40.5 ± 0.7 | 90.0 ± 0.0 | 97.5 ± 0.0 |" in table

@@ -171,8 +171,8 @@ def test_targets_follow_the_registry():
     assert plan.plan_targets("transfer", "paper") == [("transfer", ["model=resnet50"]),
                                                       ("transfer", ["model=resnet34"])]
     assert plan.plan_targets("transfer", "paper", ["model=resnet34", "lr=0.1"]) == [("transfer", [])]
-    assert [name for name, _ in plan.plan_targets("all", "paper")] == [
-        "transfer", "transfer", "transfer_text", "patch", "regularization_lm", "regularization_mlp"]
+    assert [name for name, _ in plan.plan_targets("all", "paper")] == [  # registry order, Part.plan
+        "transfer", "transfer", "transfer_text", "patch", "regularization_mlp", "regularization_lm"]
 
 
 def test_bad_arguments(no_data):

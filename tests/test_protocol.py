@@ -161,7 +161,7 @@ def test_sensitivity_reads_each_point_and_calls_a_changing_verdict_fragile():
     rows += [dict(experiment=f"tune/{protocol.EPOCHS_POINT}/{P.folder}", run=f"{m}-x2", method=m, seed=0,
                   metric=P.metric, value=v) for m, v in (("sgd", 92.0), ("multirate", 93.0))]
     views = claims.sensitivity_views(Runs(rows))
-    claim = next(c for c in claims.CLAIMS if c.name.startswith("Perceptron"))
+    claim = next(c for c in claims.claims() if c.name.startswith("Perceptron"))
     cells, word = claims.sensitivity(claim, views)
     # chosen: sgd 0.01 (92), multirate 0.005 (95): +3; down: sgd 91, multirate 89: -2; up: 91 vs 93: +2
     assert cells["chosen"].startswith("3.00") and cells["one step down"].startswith("-2.00")
@@ -176,7 +176,7 @@ def _lm_curves(curves: dict[str, list[float]], seed: int = 0) -> list[dict]:
 
 
 def test_the_matched_span_rise_compares_the_same_epochs_after_each_minimum():
-    claim = next(c for c in claims.CLAIMS if c.name.endswith("over a matched span"))
+    claim = next(c for c in claims.claims() if c.name.endswith("over a matched span"))
     # SGD: minimum at epoch 2, 2 epochs after it; multirate: minimum at epoch 3, and its run is 2
     # epochs longer. Over SGD's 2 epochs SGD rises 0.4 and multirate 0.1.
     runs = Runs(_lm_curves({"sgd": [2.0, 1.0, 1.2, 1.4], "multirate": [3.0, 2.0, 1.0, 1.05, 1.1, 1.5]}))
@@ -201,7 +201,7 @@ def test_the_before_view_and_a_failed_premise():
                                  ("multirate", "clean_accuracy", 39.0),
                                  ("multirate", "patch_only_accuracy", 10.0))]
     runs = Runs(rows)
-    claim = next(c for c in claims.CLAIMS if c.name.startswith("Patch: multirate generalises"))
+    claim = next(c for c in claims.claims() if c.name.startswith("Patch: multirate generalises"))
     assert claims.verdict(claim, runs) is None  # nothing under "patch" itself
     text = claims.verdict(claim, claims.before(runs))
     assert text.startswith("-31.00") and "not testable here (clean accuracies 30.0 points apart" in text
@@ -216,7 +216,7 @@ def mlp_rows(seeds: dict[str, list[int]]) -> list[dict]:
 
 def test_every_claim_says_which_runs_it_reads():
     # `omitted` names the runs a claim's values left out from what its measure reads
-    for claim in claims.CLAIMS:
+    for claim in claims.claims():
         experiment, methods = claim.measure.reads
         assert experiment in ("transfer", "patch", "regularization_lm", "regularization_mlp") and methods
 
@@ -224,7 +224,7 @@ def test_every_claim_says_which_runs_it_reads():
 def test_a_claim_says_which_seeds_it_left_out_and_why():
     import pandas as pd
 
-    claim = next(c for c in claims.CLAIMS if c.name.startswith("Perceptron"))
+    claim = next(c for c in claims.claims() if c.name.startswith("Perceptron"))
     complete = Runs(mlp_rows({"multirate": [0, 1, 2], "sgd": [0, 1, 2]}))
     assert claims.verdict(claim, complete) == "1.00 ± 0.00 (3 seeds): reproduced"  # as before
     # The reference keeps complete runs only: sgd's seed 1 is missing, the reason unknown ...

@@ -1,5 +1,6 @@
 """The experiment registry (experiments.registry): its entries, the Makefile against it, the import
-rules, and a toy fourth experiment added in the five places an experiment needs."""
+rules, and a toy fourth experiment added in the places an experiment needs, which gets a claims row,
+README tables, a cost-plan entry, an ablation and report sections from its registry entry alone."""
 
 import re
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import ablations, registry, report, slurm, sweep
+from experiments import ablations, claims, plan, readme_tables, reference, registry, report, slurm, sweep
 from experiments.config import experiment_config, list_methods, load_config
 from tests.helpers import write_toy_experiment
 
@@ -34,6 +35,7 @@ def test_every_entry_names_modules_files_and_functions_that_exist(name):
         assert module.__name__ == part.module and callable(module.main)
         config_cls, toml = experiment_config(module)
         assert toml == part.toml_path  # the module's TOML is the registry's
+        assert set(part.methods) <= set(list_methods(toml))  # the figure's methods are the TOML's
         method = (list_methods(toml) or ["all"])[0]
         cfg = load_config(config_cls, toml, "quick", method)
         assert cfg.experiment == part.results_folder  # results/<profile>/<folder>/ as the registry says
@@ -83,13 +85,33 @@ def _make_targets() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", list(registry.EXPERIMENTS))
 def test_makefile_target_runs_what_the_registry_says(name):
-    """`make fig-<name>` (or `make <name>`) runs every part of the entry and draws its figure."""
+    """`make fig-<name>` runs every part of the entry and draws its figure: through the registry (the
+    `fig-%` rule) unless a target of its own names the modules."""
     targets = _make_targets()
-    target = f"fig-{name}" if f"fig-{name}" in targets else name
-    assert target in targets, f"the Makefile has no target fig-{name} or {name}"
-    modules = set(re.findall(r"-m (experiments\.\w+)", targets[target]))
-    assert modules == {p.module for p in registry.EXPERIMENTS[name].parts}
-    assert set(re.findall(r"-m (figures\.\w+)", targets[target])) == {registry.EXPERIMENTS[name].figure}
+    exp = registry.EXPERIMENTS[name]
+    if f"fig-{name}" in targets:
+        recipe = targets[f"fig-{name}"]
+        assert set(re.findall(r"-m (experiments\.\w+)", recipe)) == {p.module for p in exp.parts}
+        assert set(re.findall(r"-m (figures\.\w+)", recipe)) == {exp.figure}
+    else:
+        rule = re.search(r"^fig-%:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M)
+        assert rule and "-m experiments.registry $* --run" in rule[1]
+
+
+def test_schedule_shares_the_runs_between_processes_side_by_side():
+    """Two processes go through every shared run command with --skip-running, each starting on
+    another part (so together they run every run, none twice); one process runs them as they are."""
+    py = sys.executable
+    chains, draw = registry.schedule("transfer", "quick", "0", processes=2)
+    resnet = [py, "-m", "experiments.transfer", "--profile", "quick", "--seeds", "0", "model=small_resnet",
+              "--skip-running"]
+    text = [py, "-m", "experiments.transfer_text", "--profile", "quick", "--seeds", "0", "--skip-running"]
+    assert chains == [[resnet, text], [text, resnet]] and draw[2] == "figures.transfer"
+    (patch,), (patch_too,) = registry.schedule("patch", "cpu", processes=2)[0]
+    assert patch == patch_too and "--method" in patch and "--skip-running" in patch
+    assert patch[patch.index("--method") + 1] == "small_lr,large_lr,multirate_early,multirate"
+    assert registry.schedule("convergence", processes=2)[0][1] == []  # one run: the first process's
+    assert registry.schedule("transfer", "paper")[0] == [registry.commands("transfer", "paper")[:-1]]
 
 
 def _make_variables() -> dict[str, str]:
@@ -103,7 +125,7 @@ def test_makefile_method_lists_name_real_methods_and_side_by_side_processes_shar
     import importlib
 
     variables = _make_variables()
-    assert {"PATCH_FIGURE", "PATCH_PARTITIONS"} <= set(variables)
+    assert "PATCH_PARTITIONS" in variables
     for target, recipe in _make_targets().items():
         recipe = re.sub(r"\$\(([A-Z_]+)\)", lambda m: variables.get(m[1], m[0]), recipe)
         commands = re.findall(r"-m (experiments\.\w+)([^;&|\n]*)", recipe)
@@ -112,9 +134,8 @@ def test_makefile_method_lists_name_real_methods_and_side_by_side_processes_shar
             if names:
                 known = list_methods(importlib.import_module(module).TOML)
                 assert set(names[1].split(",")) <= set(known), f"make {target}: {names[1]} not all in {known}"
-        if target not in ("fig-transfer", "fig-patch", "patch-partitions", "fig-regularization"):
-            continue  # ablations splits its grids itself (--only)
-        commands = [(m, a) for m, a in commands if "--profile paper" not in a]  # paper: one at a time
+        if target != "patch-partitions":
+            continue  # ablations splits its grids itself (--only); the figures' runs: `schedule`
         by_module = {}
         for module, args in commands:
             assert "--skip-running" in args, f"make {target}: {module} beside another, no --skip-running"
@@ -222,26 +243,39 @@ if __name__ == "__main__":
 '''
 
 
+TOY_PAPER = {"toy": {"sgd": {"test_loss": 0.30}, "multirate": {"test_loss": 0.25}}}  # made-up numbers
+
+
+def toy_entry(code: Path) -> registry.Experiment:
+    """The toy's registry entry, which carries everything the drivers need: its part, figure, paper
+    numbers, a claim, an ablation; no tables and no report section of its own (the generic ones)."""
+    paper = TOY_PAPER["toy"]
+    claim = claims.Claim("Toy: multirate fits as well as SGD", "Multirate − SGD, final test loss",
+                         paper["multirate"]["test_loss"] - paper["sgd"]["test_loss"],
+                         claims.margin("toy", "test_loss", "multirate", "sgd"), claims.Rule("<=", 0.1, 1.0))
+    return registry.Experiment(
+        "toy", (registry.Part("toy_exp", str(code / "toy_exp.toml"), metrics=("test_loss",)),), "toy_figure",
+        title="Toy", paper=TOY_PAPER, claims=[claim],
+        ablations={"toy_k": [ablations.Variant("k=3", "toy_exp", "multirate", ("k=3",))]})
+
+
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
-    """The five places of a new experiment: module, TOML, figure script, registry entry, tests (this
-    one). Written to tmp_path and registered at run time; in the repository they are
-    experiments/toy_exp.py, experiments/configs/toy_exp.toml, figures/toy.py and one Experiment in
-    experiments/registry.py."""
+    """The places of a new experiment: module, TOML, figure script, registry entry, tests (this one).
+    Written to tmp_path and registered at run time; in the repository they are experiments/toy_exp.py,
+    experiments/configs/toy_exp.toml, figures/toy.py and one Experiment in experiments/registry.py."""
     code = tmp_path / "code"
     code.mkdir()
     write_toy_experiment(code, "toy_exp", TOY_TOML)
     (code / "toy_figure.py").write_text(textwrap.dedent(TOY_FIGURE))
     monkeypatch.syspath_prepend(str(code))
-    entry = registry.Experiment("toy", (registry.Part("toy_exp", str(code / "toy_exp.toml"),
-                                                      metrics=("test_loss",)),), "toy_figure", title="Toy")
-    monkeypatch.setitem(registry.EXPERIMENTS, "toy", entry)
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", toy_entry(code))
     yield tmp_path / "results"
     for name in ("toy_exp", "toy_figure"):
         sys.modules.pop(name, None)
 
 
-def test_a_toy_fourth_experiment_is_run_drawn_reported_submitted_ablated_and_swept(toy, monkeypatch):
+def test_a_toy_fourth_experiment_is_run_drawn_reported_submitted_ablated_and_swept(toy):
     results = toy
     # Its commands (what `make fig-toy` would run through `python -m experiments.registry toy --run`),
     # here in this process: the runs, then the figure.
@@ -253,28 +287,57 @@ def test_a_toy_fourth_experiment_is_run_drawn_reported_submitted_ablated_and_swe
     assert (figures / "toy.png").exists()
     assert set(pd.read_csv(figures / "toy.csv").method) == {"sgd", "multirate"}
 
-    # The report: a generic section, as the entry names no section of its own.
-    text = report.report(results, "quick")
-    assert "## Toy" in text and "### toy_exp: final-epoch values" in text
-    assert re.search(r"\| multirate \| test_loss \| 2 \| \d+\.\d\d ± \d+\.\d\d \| ", text)
-    assert "![toy](figures/toy.png)" in text
-
     # Slurm: one array task per method x seed, and the figure job.
     tasks = slurm.array_tasks("toy", "quick", [0, 1])
     assert len(tasks) == 4
     assert tasks[0] == ["toy_exp", "--profile", "quick", "--method", "sgd", "--seeds", "0"]
     assert "-m toy_figure --profile quick" in slurm.figure_script("toy", "quick", "r", "job", results)
 
-    # An ablation over it, and its table.
-    variant = ablations.Variant("k=3", "toy_exp", "multirate", ("k=3",))
-    monkeypatch.setitem(ablations.ABLATIONS, "toy_k", [variant])
+    # Its ablation (from its entry), and the ablation's table.
     assert [r["status"] for r in ablations.run_ablation("toy_k", "quick", [0], results)] == ["complete"]
     final = ablations.final_rows("toy_k", results, "quick")
     assert list(final.metric) == ["test_loss"] and list(final.k) == [3]
 
+    # The report: a generic section, as the entry names no section of its own; its ablation's section.
+    text = report.report(results, "quick")
+    assert "## Toy" in text and "### toy_exp: final-epoch values" in text
+    assert re.search(r"\| multirate \| test_loss \| 2 \| \d+\.\d\d ± \d+\.\d\d \| ", text)
+    assert "![toy](figures/toy.png)" in text
+    assert "## Ablations: toy_k (no paper numbers)" in text
+
+    # Its claim: a row of the claims table (the paper value from its entry's numbers), with a verdict.
+    runs = readme_tables.Runs(reference.collect(results, "quick"))
+    row = next(line for line in claims.table({"quick": runs}).splitlines() if line.startswith("| Toy"))
+    assert "| -0.05 | " in row
+    assert re.search(r"\(2 seeds\): (reproduced|in direction only|not reproduced)", row)
+
+    # README/docs tables: a generic block under its name, and its ablation's block.
+    page = "".join(f"<!-- reference:{name} -->\n<!-- /reference -->\n" for name in ("toy", "ablation-toy_k"))
+    rendered = readme_tables.render(page, runs)
+    assert re.search(r"\| toy_exp \| multirate \| test loss \| \d+\.\d\d ± \d+\.\d\d \| 2 \|", rendered)
+    assert "| k=3 | " in rendered
+
+    # The cost plan: a planned entry point, timed.
+    assert ("toy_exp", []) in plan.plan_targets("all", "quick")
+    (timed,) = plan.main(["toy_exp", "--profile", "quick", "steps=1", f"results_dir={results}"])
+    assert [m["method"] for m in timed["methods"]] == ["sgd", "multirate"]
+    assert all(m["s_per_step"] > 0 for m in timed["methods"])
+
     # A sweep over it.
     swept = sweep.Sweep(module="toy_exp", method="multirate", parameters={"k": {"values": [1, 4]}})
     assert [cfgs[0].k for _, cfgs in sweep.configs(swept)] == [1, 4]
+
+
+@pytest.mark.slow  # three child processes (~30 s on 2 loaded cores); `schedule` is tested fast above
+def test_two_processes_share_the_toy_runs_then_draw(toy, monkeypatch, tmp_path):
+    """`make fig-<name>` as `registry.run` does it: two processes side by side train every run once
+    between them (--skip-running), then the figure is drawn."""
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'code'}:{ROOT}")
+    results = toy
+    assert registry.run("toy", "quick", "0", [f"results_dir={results}"], str(results), processes=2) == 0
+    runs = sorted(p.stem for p in (results / "quick" / "toy").glob("*.json"))
+    assert [name.split("-")[0] for name in runs] == ["multirate", "sgd"]  # each once
+    assert (results / "quick" / "figures" / "toy.png").exists()
 
 
 def test_no_test_file_imports_another():
