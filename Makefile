@@ -10,11 +10,11 @@ INSTALLED := $(if $(VENV),$(VENV)/.installed,)# setup's stamp; none in the activ
 PROFILE ?= quick# quick: offline, CPU, minutes; cpu: the paper's counts on generated data, ~1 h a figure; paper: real data, GPU
 SEEDS ?= 0,1,2
 # The patch partitions figure's runs, costliest first (two processes share them: the last run is short);
-# the patch figure's are its registry entry's (experiments/registry.py)
+# the patch figure's are its registry entry's (experiments/core/registry.py)
 PATCH_PARTITIONS := multirate_random_half,multirate_weights,multirate_bn,multirate_biases
 DEVICE ?= cpu# for `make speedup`: cpu or cuda
 SWEEP ?= experiments/sweeps/transfer_random.toml
-SLURM ?=# options for experiments.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08:00:00 --partition gpu --mem 32G"
+SLURM ?=# options for experiments.core.slurm, e.g. SLURM="--gpus 1 --cpus 8 --time 08:00:00 --partition gpu --mem 32G"
 
 .PHONY: help setup test test-all lint clean speedup
 .PHONY: figures ablations report convergence sweep sweep-wandb test-slurm
@@ -45,7 +45,7 @@ lint: setup  ## ruff
 	$(BIN)ruff check .
 
 pretrain: setup  ## pretrain the quick profile's shipped networks (experiments/pretrained/) again: bit-identical?; CHECK=1 changes nothing
-	$(PY) -m experiments.pretrained_cache $(if $(CHECK),--check,)
+	$(PY) -m experiments.datasets.pretrained_cache $(if $(CHECK),--check,)
 
 tune-transfer: setup  ## the comparison protocol's trials for the transfer figure (docs/protocol.md), then the choice; PROFILE
 tune-regularization: setup  ## the same for the regularisation figure; PROFILE
@@ -65,12 +65,12 @@ patch-partitions: setup  ## patch task: every candidate fast part (biases, weigh
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.patch --profile $(PROFILE)
 
-# A figure of experiments/registry.py: its runs, then its figure, as the registry says (`python -m
-# experiments.registry NAME --commands` prints them). Two 1-thread processes share the runs
+# A figure of experiments/core/registry.py: its runs, then its figure, as the registry says (`python -m
+# experiments.core.registry NAME --commands` prints them). Two 1-thread processes share the runs
 # (--skip-running: each takes the next run nobody has started; they begin on different parts); a
 # run's bits do not depend on which process trains it. The paper profile runs one at a time.
 fig-%: setup  ## a registered figure (transfer, patch, regularization, convergence, ...): its runs, then the figure; PROFILE, SEEDS
-	$(PY) -m experiments.registry $* --run --processes $(if $(filter paper,$(PROFILE)),1,2) --profile $(PROFILE) --seeds $(SEEDS)
+	$(PY) -m experiments.core.registry $* --run --processes $(if $(filter paper,$(PROFILE)),1,2) --profile $(PROFILE) --seeds $(SEEDS)
 
 figures: fig-transfer fig-patch fig-regularization convergence report  ## every paper figure, then the report (finished runs are skipped, so a rerun only redraws)
 
@@ -81,19 +81,19 @@ ablations: setup  ## ablation grids (k, drift, fast part, random subgroups) and 
 	$(PY) -m figures.ablations --profile $(PROFILE)
 
 reference-check: setup  ## compare results/$(PROFILE) with experiments/reference/$(PROFILE).csv (bit-exact)
-	$(PY) -m experiments.reference check --profile $(PROFILE)
+	$(PY) -m experiments.reporting.reference check --profile $(PROFILE)
 
 readme-tables: setup  ## regenerate README.md's result tables from the committed references
-	$(PY) -m experiments.readme_tables
+	$(PY) -m experiments.reporting.readme_tables
 
 STEPS ?= 3
 PLAN_ARGS ?=# e.g. on a CPU: "amp=none --measure-batch 2"; on a GPU: "device=cuda"
 plan: setup  ## cost plan of every run of PROFILE (s/step, peak memory, projected hours) on this machine; STEPS, PLAN_ARGS
 	mkdir -p results/$(PROFILE)
-	$(PY) -m experiments.plan all --profile $(PROFILE) steps=$(STEPS) $(PLAN_ARGS) --json results/$(PROFILE)/plan.json
+	$(PY) -m benchmarks.plan all --profile $(PROFILE) steps=$(STEPS) $(PLAN_ARGS) --json results/$(PROFILE)/plan.json
 
 report: setup  ## results/<profile>/REPORT.md (paper vs ours, every figure) for each profile with results
-	$(PY) -m experiments.report
+	$(PY) -m experiments.reporting.report
 
 convergence: setup  ## Theorem B.4 check: measured (1/T) sum |grad f|^2 vs the bound, CSV + figure
 	$(PY) -m experiments.convergence --profile $(PROFILE)
@@ -108,12 +108,12 @@ sweep-wandb: setup  ## write SWEEP's W&B sweep config to results/sweeps/<name>.y
 
 speedup: setup  ## time train-all / multirate / head-only steps (DEVICE=cpu|cuda) -> results/speedup/
 	mkdir -p results/speedup
-	$(PY) -m experiments.speedup --model resnet34 --image-size 32 --batch-size 128 --k 5 --steps 10 --repeats 5 --threads 1 --device $(DEVICE) --json results/speedup/resnet34-$(DEVICE).json
-	$(PY) -m experiments.speedup --model resnet50 --image-size 224 --batch-size 8 --k 5 --steps 5 --repeats 5 --threads 1 --device $(DEVICE) --json results/speedup/resnet50-$(DEVICE).json
-	$(PY) -m experiments.speedup --model distilbert --seq-len 128 --batch-size 8 --k 5 --steps 5 --repeats 4 --threads 1 --device $(DEVICE) --json results/speedup/distilbert-$(DEVICE).json
+	$(PY) -m benchmarks.speedup --model resnet34 --image-size 32 --batch-size 128 --k 5 --steps 10 --repeats 5 --threads 1 --device $(DEVICE) --json results/speedup/resnet34-$(DEVICE).json
+	$(PY) -m benchmarks.speedup --model resnet50 --image-size 224 --batch-size 8 --k 5 --steps 5 --repeats 5 --threads 1 --device $(DEVICE) --json results/speedup/resnet50-$(DEVICE).json
+	$(PY) -m benchmarks.speedup --model distilbert --seq-len 128 --batch-size 8 --k 5 --steps 5 --repeats 4 --threads 1 --device $(DEVICE) --json results/speedup/distilbert-$(DEVICE).json
 
 slurm-%: setup  ## a registered figure's runs as a Slurm job array, then the figure; PROFILE SEEDS SLURM
-	$(PY) -m experiments.slurm $* --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
+	$(PY) -m experiments.core.slurm $* --profile $(PROFILE) --seeds $(SEEDS) $(SLURM)
 
 test-slurm: setup  ## Slurm integration tests (start a cluster first, as root: .ci/slurm-up.sh)
 	$(PY) -m pytest -m slurm -rs tests/test_slurm.py

@@ -8,7 +8,7 @@ overrides on top of that method. Each variant is an ordinary run of that experim
 ``<results>/ablations/<name>``, so its runs live in ``<results>/ablations/<name>/<profile>/<experiment>/``
 and never mix with the runs the figures of the main experiments read.
 
-The grids (`grids`, from each experiment's ``ablations`` in ``experiments/registry.py``):
+The grids (`grids`, from each experiment's ``ablations`` in ``experiments/core/registry.py``):
 
 - ``k``: k in {1, 2, 5, 10, 25} on the transfer setting (fast = fc, linear drift) with the SGD base
   (h = 0.1, the transfer config's) and the AdamW base (h = 0.003), each beside train-all with its
@@ -28,7 +28,7 @@ The grids (`grids`, from each experiment's ``ablations`` in ``experiments/regist
 Seeds: the quick profile runs seed 0 only (the 20-minute budget on 2 CPU cores); the cpu and paper
 profiles run seeds 0, 1, 2. Epochs and every other setting are those of the experiment's profile.
 
-A variant's experiment is an entry point of ``experiments.registry`` by name. The tables of the
+A variant's experiment is an entry point of ``experiments.core.registry`` by name. The tables of the
 results (`final_rows`, `summarise`) are here, where both ``figures.ablations`` and the report
 read them: each variant's final-epoch value of the metrics its experiment is judged by (the
 registry's ``Part.metrics``), mean and sd over seeds; so are the runs they leave out, and why
@@ -45,10 +45,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import left_out, pretraining, registry
-from experiments.config import OPTIMIZERS, PROFILES, experiment_config, load_config, parse_seeds
-from experiments.optimizers import check_optimizer
-from experiments.runlog import last_epoch, read_results, read_runs
+from experiments.core import registry
+from experiments.core.config import OPTIMIZERS, PROFILES, experiment_config, load_config, parse_seeds
+from experiments.core.optimizers import check_optimizer
+from experiments.core.runlog import last_epoch, read_results, read_runs
+from experiments.datasets import pretraining
+from experiments.reporting import left_out
 
 SEEDS = {"quick": [0], "cpu": [0, 1, 2], "paper": [0, 1, 2]}
 ADAMW_LR = 0.003  # AdamW base on transfer: h of the best runs in experiments/sweeps (quick profile)
@@ -62,7 +64,7 @@ class Variant:
     """One point of an ablation: `experiment`'s `method` with `overrides` (key=value strings)."""
 
     label: str
-    experiment: str  # an entry point of experiments.registry: transfer, patch, regularization_mlp, ...
+    experiment: str  # an entry point of experiments.core.registry: transfer, patch, regularization_mlp, ...
     method: str
     overrides: tuple[str, ...] = ()
 
@@ -95,7 +97,7 @@ def _subgroup_grid() -> list[Variant]:
     return grid
 
 
-# The grids, each named by the registry entry of the experiment it ablates (experiments/registry.py),
+# The grids, each named by the registry entry of the experiment it ablates (experiments/core/registry.py),
 # which orders them: `grids`.
 K = _k_grid()
 DRIFT = _drift_grid()
@@ -218,7 +220,7 @@ def final_rows(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame
 
 def left_out_runs(name: str, results_dir: str | Path, profile: str) -> pd.DataFrame:
     """The runs of ablation `name` that `final_rows` leaves out (diverged or not finished), one row
-    each: its variant's ``label``, ``seed`` and ``reason`` (`experiments.left_out.runs`)."""
+    each: its variant's ``label``, ``seed`` and ``reason`` (`experiments.reporting.left_out.runs`)."""
     keys, left, frames = _keys(name), {}, []
     for variant in grids()[name]:
         if variant.experiment not in left:
@@ -247,7 +249,7 @@ def summarise(final: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def base_of(optimizer: str) -> str:
-    """The base algorithm of an optimizer name (`experiments.config.OPTIMIZERS`): "sgd" for
+    """The base algorithm of an optimizer name (`experiments.core.config.OPTIMIZERS`): "sgd" for
     sgd/multirate, "adamw" for adamw/multirate_adamw."""
     return OPTIMIZERS[optimizer]
 
@@ -287,6 +289,6 @@ def main(argv_: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

@@ -44,8 +44,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from experiments.config import RunConfig, load_config, parse_cli, require
-from experiments.files import atomic_open
+from experiments.core.config import RunConfig, load_config, parse_cli, require
+from experiments.core.files import atomic_open
 from multirate import Multirate
 
 TOML = Path(__file__).with_name("configs") / "convergence.toml"
@@ -262,6 +262,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

@@ -60,10 +60,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments import errors, runner
-from experiments.config import RunConfig, require
-from experiments.data import fetch_cifar, load_cifar, normalize
-from experiments.synthetic_images import N_COLOURS, N_SHAPES, N_TEXTURES, render
+from experiments.core import errors, runner
+from experiments.core.config import RunConfig, require
+from experiments.datasets.data import fetch_cifar, load_cifar, normalize
+from experiments.datasets.synthetic_images import N_COLOURS, N_SHAPES, N_TEXTURES, render
 
 TOML = Path(__file__).with_name("configs") / "patch.toml"
 DATASETS = ("generated", "cifar10")

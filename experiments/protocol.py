@@ -9,7 +9,7 @@ regularization_mlp) or ``all``. The protocol, written down before any of its run
 
 1. **The same trials for every method.** Each method of the figure trains once per point of the
    same log-spaced grid of step sizes h = base × (1/4, 1/2, 1, 2, 4) (`FACTORS`), seed 0, on the
-   training set less a fixed held-out fifth (``holdout = 0.2``: `experiments.data.holdout_split`, the
+   training set less a fixed held-out fifth (``holdout = 0.2``: `experiments.datasets.data.holdout_split`, the
    same split for every run), and is scored on that fifth. A trial never reads the test set.
    Where a figure's convention gives a method k times the step size per unit h (random subgroups:
    its fast step h/k is SGD's step), its lr is that multiple of h (`Protocol.lr_scale`).
@@ -36,9 +36,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments import pretraining, reference, registry
-from experiments.config import PROFILES, experiment_config, load_config
-from experiments.errors import UserError
+from experiments.core import registry
+from experiments.core.config import PROFILES, experiment_config, load_config
+from experiments.core.errors import UserError
+from experiments.datasets import pretraining
+from experiments.reporting import reference
 
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the grid, relative to a figure's base step size
 HOLDOUT = 0.2
@@ -51,7 +53,7 @@ class Protocol:
     """How one figure's methods are tuned: the grid around `base_h` and the held-out score."""
 
     name: str
-    entry: str  # the experiment entry point (experiments.registry): "transfer", "regularization_lm", ...
+    entry: str  # the experiment entry point (experiments.core.registry): "transfer", "regularization_lm", ...
     methods: tuple[str, ...]
     base_h: float  # the step size every method had before the protocol: the grid's centre
     metric: str  # a reference summary metric of the held-out evaluation
@@ -232,6 +234,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

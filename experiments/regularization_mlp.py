@@ -10,7 +10,8 @@ groups, the biases fast).
 
 Profiles:
 
-- ``paper``: MNIST (``experiments.data.fetch_mnist``), 60,000 training and 10,000 test images, 200 epochs.
+- ``paper``: MNIST (``experiments.datasets.data.fetch_mnist``), 60,000 training and 10,000 test images, 200
+  epochs.
 - ``quick`` (offline, CPU, minutes): generated grey images (`generated_images`) of the same kind --
   ``classes`` classes, each a few random smooth prototypes, drawn with a random prototype, contrast
   and shift plus pixel noise -- with a small training set that the network can memorise.
@@ -29,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments import errors, runner
-from experiments.config import RunConfig, require
-from experiments.data import fetch_mnist, holdout_split, load_mnist
+from experiments.core import errors, runner
+from experiments.core.config import RunConfig, require
+from experiments.datasets.data import fetch_mnist, holdout_split, load_mnist
 
 TOML = Path(__file__).with_name("configs") / "regularization_mlp.toml"
 DATASETS = ("generated", "mnist")

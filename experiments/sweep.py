@@ -47,8 +47,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from experiments import registry
-from experiments.config import (
+from experiments.core import registry
+from experiments.core.config import (
     MAX_SEED,
     PROFILES,
     RunConfig,
@@ -58,8 +58,8 @@ from experiments.config import (
     read_toml,
     require,
 )
-from experiments.optimizers import check_optimizer
-from experiments.runlog import read_rows, read_status
+from experiments.core.optimizers import check_optimizer
+from experiments.core.runlog import read_rows, read_status
 
 SEARCHES = ("grid", "random")
 GOALS = ("maximize", "minimize")
@@ -172,7 +172,7 @@ def sample(spec: dict, rng: random.Random) -> Any:
 
 
 def format_value(value: Any) -> str:
-    """A value as a `key=value` override reads it (see experiments.config.convert)."""
+    """A value as a `key=value` override reads it (see experiments.core.config.convert)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
@@ -331,6 +331,6 @@ def main(argv_: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

@@ -59,12 +59,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from experiments import errors, pretraining, runner
-from experiments.config import RunConfig, require
-from experiments.data import DownloadError, fetch_cifar, holdout_split, load_cifar, normalize
-from experiments.determinism import code_key
-from experiments.pretrained_cache import check_hub_weights
-from experiments.synthetic_images import (
+from experiments.core import errors, runner
+from experiments.core.config import RunConfig, require
+from experiments.core.determinism import code_key
+from experiments.datasets import pretraining
+from experiments.datasets.data import DownloadError, fetch_cifar, holdout_split, load_cifar, normalize
+from experiments.datasets.pretrained_cache import check_hub_weights
+from experiments.datasets.synthetic_images import (
     GENERATOR_VERSION,
     SOURCE_CLASSES,
     TARGET_CLASSES,

@@ -20,7 +20,7 @@ ResNet runs that share ``results/<profile>/transfer/`` (every run's JSON also ha
 Profiles:
 
 - ``paper``: ``distilbert-base-uncased`` weights and tokenizer from the Hugging Face hub, GLUE SST-2
-  through :func:`experiments.data.load_sst2`: Hugging Face ``datasets`` (``nyu-mll/glue``, ``sst2``;
+  through :func:`experiments.datasets.data.load_sst2`: Hugging Face ``datasets`` (``nyu-mll/glue``, ``sst2``;
   the same cache as the weights, and the same offline switch, ``HF_HUB_OFFLINE=1``), else GLUE's
   MD5-checked SST-2.zip under ``data_dir`` (read the same way: the same sentences, the same tensors).
   GLUE's test split has no labels, so the dev set is the test set, as is standard. Both splits are
@@ -50,11 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments import errors, pretraining, runner
-from experiments.config import RunConfig, require
-from experiments.data import DownloadError, holdout_split, load_sst2
-from experiments.determinism import code_key
-from experiments.synthetic_text import (  # noqa: F401 (tests read CLS, SEP, ... from here)
+from experiments.core import errors, runner
+from experiments.core.config import RunConfig, require
+from experiments.core.determinism import code_key
+from experiments.datasets import pretraining
+from experiments.datasets.data import DownloadError, holdout_split, load_sst2
+from experiments.datasets.synthetic_text import (  # noqa: F401 (tests read CLS, SEP, ... from here)
     CLS,
     GRAMMAR_VERSION,
     PAD,

@@ -8,7 +8,7 @@ Every script takes ``--profile quick|cpu|paper`` and ``--results-dir`` (`results
 import argparse
 from pathlib import Path
 
-from experiments.config import PROFILES
+from experiments.core.config import PROFILES
 
 
 def results_root(description: str, argv=None) -> Path:

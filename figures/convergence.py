@@ -64,6 +64,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

@@ -1,4 +1,4 @@
-"""The runs a figure leaves out, and why (`experiments.left_out`, which the report and the claims
+"""The runs a figure leaves out, and why (`experiments.reporting.left_out`, which the report and the claims
 table read too), and the ``left_out`` column of a figure's table."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 # The figures' names for the shared logic
-from experiments.left_out import COLUMNS, by_method, described, note, nothing, runs  # noqa: F401
+from experiments.reporting.left_out import COLUMNS, by_method, described, note, nothing, runs  # noqa: F401
 
 
 def add_column(table: pd.DataFrame, left: pd.DataFrame, complete: pd.DataFrame,

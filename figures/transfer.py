@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.runlog import last_epoch, no_complete_runs, read_results, read_runs
+from experiments.core.runlog import last_epoch, no_complete_runs, read_results, read_runs
 from figures import left_out, results_root, save, style
 from figures.style import plt
 
@@ -122,6 +122,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

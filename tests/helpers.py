@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments import registry
-from experiments.config import RunConfig
-from experiments.runner import Task
+from experiments.core import registry
+from experiments.core.config import RunConfig
+from experiments.core.runner import Task
 
 
 class Net(nn.Module):
@@ -115,9 +115,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments import runner
-from experiments import registry
-from experiments.config import RunConfig
+from experiments.core import runner
+from experiments.core import registry
+from experiments.core.config import RunConfig
 
 TOML = Path(__file__).with_suffix(".toml")
 BUILT = []

@@ -5,7 +5,7 @@ import pytest
 
 from experiments import ablations
 from experiments.ablations import Variant, ablation_results_dir, grids, run_ablation, variant_config
-from experiments.runlog import RunLog
+from experiments.core.runlog import RunLog
 from figures import ablations as figure
 from tests.helpers import TRANSFER_TINY as TINY
 from tests.helpers import register_ablation
@@ -81,7 +81,7 @@ def test_pretrained_network_is_shared_between_ablations(tmp_path, monkeypatch):
     run_ablation("one", "quick", [0], tmp_path)
     calls = []
     # The shared training loop, not transfer._pretrain: the cache key hashes _pretrain's source file.
-    monkeypatch.setattr("experiments.pretraining.fit", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("experiments.datasets.pretraining.fit", lambda *a, **k: calls.append(a))
     run_ablation("two", "quick", [0], tmp_path)
     assert calls == []  # copied from ablation "one", not pretrained again
 
@@ -123,7 +123,7 @@ def test_k_figure_and_table_from_synthetic_logs(tmp_path):
 
 
 def test_the_ablation_figure_table_and_report_say_which_runs_they_left_out_and_why(tmp_path, monkeypatch):
-    from experiments import report
+    from experiments.reporting import report
 
     for seed in (0, 1, 2):
         cfgs = configs("k", tmp_path, seed=seed)
@@ -183,6 +183,6 @@ def test_every_variant_and_seed_is_checked_before_any_run(tmp_path, monkeypatch)
 
 def test_every_profile_has_default_seeds():
     from experiments import ablations
-    from experiments.config import PROFILES
+    from experiments.core.config import PROFILES
 
     assert set(ablations.SEEDS) == set(PROFILES)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments import accel
-from experiments.config import RunConfig
+from experiments.core import accel
+from experiments.core.config import RunConfig
 from multirate import Multirate, TrainStep, partition
 
 CPU = torch.device("cpu")
@@ -200,7 +200,7 @@ def test_cudnn_benchmark_on_cuda():
 
 FAULTS_PER_STEP = """
 import resource, sys, torch
-from experiments import accel
+from experiments.core import accel
 kept = accel.keep_freed_host_memory() if sys.argv[1] == "keep" else False
 def step():  # a training step's pattern: tensors of a few sizes made, every page touched, all freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -255,7 +255,7 @@ def test_the_paper_profile_resolves_amp_by_device():
     """The paper profile's TOMLs say amp = "auto"; the other profiles keep amp = "none", so their
     runs keep their names and bits."""
     from experiments import patch, regularization_lm, regularization_mlp, transfer, transfer_text
-    from experiments.config import experiment_config, list_methods, load_config
+    from experiments.core.config import experiment_config, list_methods, load_config
 
     for module in (patch, regularization_lm, regularization_mlp, transfer, transfer_text):
         cls, toml = experiment_config(module)

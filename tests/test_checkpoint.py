@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import checkpoint
-from experiments.checkpoint import CheckpointError, checkpoint_path
-from experiments.runner import run
+from experiments.core import checkpoint
+from experiments.core.checkpoint import CheckpointError, checkpoint_path
+from experiments.core.runner import run
 from tests.helpers import MULTIRATE, Blobs, make_cfg
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from experiments import patch, transfer_text
-from experiments.config import experiment_config, method_descriptions, parse_cli
+from experiments.core.config import experiment_config, method_descriptions, parse_cli
 
 TOML = '''# A toy experiment: one line that --help shows first.
 epochs = 5
@@ -97,7 +97,7 @@ def test_help_of_every_experiment_entry_point(name, capsys):
 
 # Import name -> distribution, where they differ; and the imports the `experiments` extra need not
 # provide: tomli (Python < 3.11 only), huggingface_hub (comes with transformers and datasets), and
-# lightning, which experiments/integration_speedup.py benchmarks (the `lightning` extra).
+# lightning, which benchmarks/integration_speedup.py benchmarks (the `lightning` extra).
 DISTRIBUTIONS = {"yaml": "pyyaml"}
 NOT_IN_THE_EXTRA = {"tomli", "huggingface_hub", "lightning"}
 

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from experiments.config import MAX_SEED, RunConfig, list_methods, load_config, parse_cli
-from experiments.errors import UserError
+from experiments.core.config import MAX_SEED, RunConfig, list_methods, load_config, parse_cli
+from experiments.core.errors import UserError
 
 TOML = """
 lr = 0.2
@@ -181,7 +181,7 @@ def test_lr_batch_scales_the_step_size_by_the_linear_rule(toml):
 
     from torch import nn
 
-    from experiments.optimizers import build_optimizer
+    from experiments.core.optimizers import build_optimizer
 
     plain = load_config(RunConfig, toml, "quick", "train_all", ["lr=0.1", "batch_size=8"])
     assert plain.step_lr == 0.1  # lr_batch = 0: the lr is batch_size's own, unchanged to the bit
@@ -289,7 +289,7 @@ def test_a_config_built_in_code_has_its_types_checked(kwargs, message):
 
 
 def test_amp_auto_is_allowed_and_keeps_the_default_out_of_run_names():
-    """amp = "auto" is resolved by the device when the run starts (experiments.accel); the default
+    """amp = "auto" is resolved by the device when the run starts (experiments.core.accel); the default
     ("none") stays out of the hash, so the quick and cpu profiles' runs keep their names."""
     assert RunConfig(amp="auto").amp == "auto"
     assert RunConfig(amp="auto").run_name != RunConfig().run_name

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from experiments import convergence
-from experiments.config import RunConfig, experiment_config, load_config
 from experiments.convergence import (
     ConvergenceConfig,
     bound,
@@ -18,6 +17,7 @@ from experiments.convergence import (
     smoothness,
     trajectory,
 )
+from experiments.core.config import RunConfig, experiment_config, load_config
 from figures import convergence as figure
 
 

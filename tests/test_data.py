@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import data
-from experiments.data import (
+from experiments.datasets import data
+from experiments.datasets.data import (
     ChecksumError,
     DownloadError,
     batchify,

@@ -1,4 +1,4 @@
-"""The determinism contract (experiments/determinism.py): pinned CPU kernels, fixed threads,
+"""The determinism contract (experiments/core/determinism.py): pinned CPU kernels, fixed threads,
 caches keyed by their source; and the committed reference that holds the results to it."""
 
 import os
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import determinism, readme_tables, reference
+from experiments.core import determinism
+from experiments.reporting import readme_tables, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,8 +41,9 @@ def test_a_users_setting_and_the_native_switch_win():
 
 
 def test_apply_sets_threads_and_deterministic_mode():
-    code = ("import experiments, torch; from experiments.config import RunConfig; "
-            "from experiments.determinism import apply; apply(RunConfig(threads=1, deterministic=True)); "
+    code = ("import experiments, torch; from experiments.core.config import RunConfig; "
+            "from experiments.core.determinism import apply; apply(RunConfig(threads=1, "
+            "deterministic=True)); "
             "print(torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())")
     assert _python(code, OMP_NUM_THREADS="2") == "1 True"
 
@@ -119,7 +121,7 @@ def test_experiment_names_a_figure_or_a_folder_and_an_unknown_one_is_an_error(tm
 
 
 def test_collect_reads_complete_runs_and_update_check_round_trip(tmp_path):
-    from experiments.runlog import write_csv
+    from experiments.core.runlog import write_csv
 
     folder = tmp_path / "quick" / "transfer"
     folder.mkdir(parents=True)
@@ -137,7 +139,7 @@ def test_collect_reads_complete_runs_and_update_check_round_trip(tmp_path):
 
 
 def test_update_merge_keeps_the_runs_that_are_not_under_results(tmp_path):
-    from experiments.runlog import write_csv
+    from experiments.core.runlog import write_csv
 
     folder = tmp_path / "cpu" / "patch"
     folder.mkdir(parents=True)
@@ -174,7 +176,7 @@ def test_readme_tables_equal_the_reference():
     assert readme_tables.BLOCK.search(text), "README.md has no reference blocks"
     assert readme_tables.render(text, readme_tables.Runs(reference.read(reference.path("quick")))) == text, (
         "README.md's tables differ from experiments/reference/quick.csv: run "
-        "`python -m experiments.readme_tables`")
+        "`python -m experiments.reporting.readme_tables`")
 
 
 def test_a_cpu_block_renders_from_the_cpu_reference():
@@ -214,7 +216,7 @@ def test_an_unknown_profile_is_refused_in_one_line_and_nothing_is_written(comman
                                                                          monkeypatch):
     """`update --profile X` wrote a new CSV into the repository; then argparse's refusal printed its
     usage block above the error."""
-    from experiments import errors
+    from experiments.core import errors
 
     before = sorted(p.name for p in reference.FOLDER.iterdir())
     argv = ["reference", command, "--profile", "medium", "--results-dir", str(tmp_path)]

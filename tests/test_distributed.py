@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.runner import run
+from experiments.core.runner import run
 from multirate import Multirate, TrainStep, partition
 from multirate.distributed import AllReduceGrads, world
 from tests.helpers import MULTIRATE, Blobs, make_cfg
@@ -137,6 +137,6 @@ def test_runner_under_two_processes_equals_one(ranks, tmp_path):
 
 
 def test_batch_must_split_evenly(monkeypatch, tmp_path):
-    monkeypatch.setattr("experiments.runner.world", lambda: (0, 3))
+    monkeypatch.setattr("experiments.core.runner.world", lambda: (0, 3))
     with pytest.raises(ValueError, match="batch_size=32 is not divisible by the 3 processes"):
         run(make_cfg(tmp_path), Blobs2())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import errors, runner
-from experiments.config import RunConfig
+from experiments.core import errors, runner
+from experiments.core.config import RunConfig
 from tests.helpers import Blobs, write_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def _typed_keys(rng):
     import importlib
     import typing
 
-    from experiments.config import experiment_config
+    from experiments.core.config import experiment_config
 
     for name in EXPERIMENTS:
         module = importlib.import_module(f"experiments.{name}")
@@ -175,7 +175,7 @@ def test_every_typed_key_of_every_experiment_refuses_invalid_values(tmp_path, ca
     import random
 
     from experiments import convergence
-    from experiments.config import experiment_config, list_methods
+    from experiments.core.config import experiment_config, list_methods
 
     def no_run(*args, **kwargs):
         raise AssertionError("a run started")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.config import PROFILES, RunConfig
-from experiments.runlog import RunLog
+from experiments.core.config import PROFILES, RunConfig
+from experiments.core.runlog import RunLog
 from figures import left_out, patch, regularization, results_root, transfer
 
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from experiments import files
-from experiments.files import LockedError, atomic_open, run_lock
+from experiments.core import files
+from experiments.core.files import LockedError, atomic_open, run_lock
 
 
 def dead_pid():
@@ -58,7 +58,7 @@ def test_the_run_lock_is_exclusive(tmp_path):
 
 def test_the_kernel_releases_the_lock_of_a_killed_process(tmp_path):
     lock = tmp_path / "run.lock"
-    code = (f"import time\nfrom experiments.files import run_lock\nwith run_lock({str(lock)!r}, 'x'):\n"
+    code = (f"import time\nfrom experiments.core.files import run_lock\nwith run_lock({str(lock)!r}, 'x'):\n"
             "    print('held', flush=True)\n    time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

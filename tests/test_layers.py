@@ -22,13 +22,13 @@ rule by being made late):
   data set, no benchmark;
 - datasets import only core and datasets;
 - reporting imports no runner internals: no reporting module reaches the training loop
-  (``experiments.runner``), its checkpoints (``experiments.checkpoint``) or its signal handling
-  (``experiments.preemption``) through any chain of imports, and none imports a private name
-  (``_name``) from outside reporting. Reporting reads what runs wrote (``experiments.runlog``'s
+  (``experiments.core.runner``), its checkpoints (``experiments.core.checkpoint``) or its signal handling
+  (``experiments.core.preemption``) through any chain of imports, and none imports a private name
+  (``_name``) from outside reporting. Reporting reads what runs wrote (``experiments.core.runlog``'s
   readers, the reference files), the configs and the registry, and the ablations' and the protocol's
   definitions;
 - nothing under ``experiments/`` imports ``figures/`` (figures read results; see also
-  ``experiments.registry.import_violations``, which checks that no experiment imports another);
+  ``experiments.core.registry.import_violations``, which checks that no experiment imports another);
 - ``multirate/`` imports only the standard library, torch and itself; an integration
   (``multirate/integrations/<name>.py``) also its own framework.
 """
@@ -42,21 +42,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = tuple(p for p in ("experiments", "figures", "multirate", "benchmarks") if (ROOT / p).is_dir())
 
-LAYERS = {
-    "core": {"experiments.config", "experiments.runner", "experiments.optimizers", "experiments.checkpoint",
-             "experiments.files", "experiments.runlog", "experiments.tracking", "experiments.preemption",
-             "experiments.accel", "experiments.determinism", "experiments.errors", "experiments.registry",
-             "experiments.slurm"},
-    "datasets": {"experiments.data", "experiments.synthetic_images", "experiments.synthetic_text",
-                 "experiments.pretraining", "experiments.pretrained_cache"},
-    "reporting": {"experiments.report", "experiments.readme_tables", "experiments.reference",
-                  "experiments.claims", "experiments.left_out"},
-    "benchmarks": {"experiments.speedup", "experiments.integration_speedup", "experiments.plan"},
-    "experiments": {"experiments.transfer", "experiments.transfer_text", "experiments.patch",
-                    "experiments.regularization_lm", "experiments.regularization_mlp",
-                    "experiments.convergence", "experiments.ablations", "experiments.sweep",
-                    "experiments.protocol"},
-}
+# A layer is a folder: its modules are the .py files in it (experiments/: the entry points).
+FOLDERS = {"core": "experiments/core", "datasets": "experiments/datasets",
+           "reporting": "experiments/reporting", "benchmarks": "benchmarks", "experiments": "experiments"}
+LAYERS = {layer: {".".join([*folder.split("/"), p.stem]) for p in (ROOT / folder).glob("*.py")
+                  if p.stem != "__init__"} for layer, folder in FOLDERS.items()}
 # Imported inside the functions that need them, everywhere: optional, or slow to import and needed by
 # a few runs only. Any other import inside a function says why on its line or the line above.
 LAZY_DEPENDENCIES = {
@@ -68,7 +58,7 @@ LAZY_DEPENDENCIES = {
     "yaml": "optional: only the W&B sweep export needs it",
     "lightning": "optional: only the Lightning integration's measurement needs it",
 }
-RUNNER_INTERNALS = ("experiments.runner", "experiments.checkpoint", "experiments.preemption")
+RUNNER_INTERNALS = ("experiments.core.runner", "experiments.core.checkpoint", "experiments.core.preemption")
 INTEGRATION_FRAMEWORKS = {"huggingface": {"transformers", "accelerate"}, "lightning": {"lightning"}}
 
 

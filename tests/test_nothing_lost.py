@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import runner
-from experiments.config import RunConfig
-from experiments.runlog import ResultError, read_results, read_rows, read_runs
+from experiments.core import runner
+from experiments.core.config import RunConfig
+from experiments.core.runlog import ResultError, read_results, read_rows, read_runs
 from tests.helpers import Blobs, make_cfg, write_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +26,8 @@ import sys
 
 import pytest
 sys.path.insert(0, {str(ROOT / "tests")!r})
-from experiments import runner
-from experiments.config import RunConfig
+from experiments.core import runner
+from experiments.core.config import RunConfig
 from helpers import Blobs
 runner.main(sys.argv[2:], RunConfig, sys.argv[1], Blobs)
 """
@@ -86,8 +86,8 @@ HOLD = f"""
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {str(ROOT / "tests")!r})
-from experiments import runner
-from experiments.config import RunConfig
+from experiments.core import runner
+from experiments.core.config import RunConfig
 from helpers import Blobs
 
 class Held(Blobs):  # at its 12th minibatch (mid-epoch 2) it signals, then waits for the go file
@@ -104,8 +104,8 @@ runner.main(sys.argv[4:], RunConfig, sys.argv[3], Held)
 SECOND = f"""
 import sys
 sys.path.insert(0, {str(ROOT / "tests")!r})
-from experiments import errors, runner
-from experiments.config import RunConfig
+from experiments.core import errors, runner
+from experiments.core.config import RunConfig
 from helpers import Blobs
 errors.cli(lambda: runner.main(sys.argv[2:], RunConfig, sys.argv[1], Blobs))
 """

@@ -243,8 +243,8 @@ class Head(nn.Module):
     ("multirate_adamw", dict(betas=[0.8, 0.99], eps=1e-6, k=3, linear_drift=False), MultirateAdamW),
 ])
 def test_build_optimizer_from_config(optimizer, kwargs, cls):
-    from experiments.config import RunConfig
-    from experiments.optimizers import build_optimizer
+    from experiments.core.config import RunConfig
+    from experiments.core.optimizers import build_optimizer
 
     cfg = RunConfig(optimizer=optimizer, lr=0.01, weight_decay=0.1, **kwargs)
     opt = build_optimizer(cfg, Head())
@@ -261,7 +261,7 @@ def test_new_config_fields_keep_old_run_names():
     import hashlib
     import json
 
-    from experiments.config import HASHED_IF_CHANGED, NOT_HASHED, RunConfig
+    from experiments.core.config import HASHED_IF_CHANGED, NOT_HASHED, RunConfig
 
     cfg = RunConfig(optimizer="multirate", k=5, lr=0.05)
     # The name as computed before nesterov/betas/eps (and the later fields) existed.
@@ -288,7 +288,7 @@ def test_new_config_fields_keep_old_run_names():
     (dict(optimizer="multirate", partition="layerwise", zero_slow_every_step=True), "zero_slow_every_step"),
 ])
 def test_bad_config_values(kwargs, key):
-    from experiments.config import RunConfig
+    from experiments.core.config import RunConfig
 
     with pytest.raises(ValueError, match=f"invalid {key}="):
         RunConfig(**kwargs)
@@ -302,7 +302,7 @@ def test_bad_config_values(kwargs, key):
 ])
 def test_config_refuses_what_the_optimizer_refuses(optimizer, partition_name, field, value):
     """The config calls the optimizer's own checks: the same values pass, the same fail."""
-    from experiments.config import ELEMENTWISE, RunConfig
+    from experiments.core.config import ELEMENTWISE, RunConfig
     from multirate import check_hyperparameters
 
     rate = ELEMENTWISE.get(partition_name, "fast")
@@ -316,8 +316,8 @@ def test_config_refuses_what_the_optimizer_refuses(optimizer, partition_name, fi
 
 
 def test_config_passes_zero_slow_every_step_to_the_random_group():
-    from experiments.config import RunConfig
-    from experiments.optimizers import build_optimizer
+    from experiments.core.config import RunConfig
+    from experiments.core.optimizers import build_optimizer
 
     for literal in (False, True):
         cfg = RunConfig(optimizer="multirate", k=3, partition="random_subgroups",
@@ -349,7 +349,7 @@ def test_every_base_in_the_table_is_its_torch_optimizer_at_k1(name):
     dict(optimizer="multirate", k=3, fast=["fc"], nesterov=True),
 ], ids=["adamw", "multirate_adamw", "multirate_nesterov"])
 def test_runner_learns_and_resumes_bit_for_bit(tmp_path, opt):
-    from experiments.runner import run
+    from experiments.core.runner import run
     from tests.helpers import Blobs, make_cfg
 
     straight = run(make_cfg(tmp_path / "a", **opt), Blobs())

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from experiments.config import list_methods, load_config
+from experiments.core.config import list_methods, load_config
+from experiments.core.runner import run
 from experiments.patch import (
     GENERATED_CLASSES,
     TOML,
@@ -17,7 +18,6 @@ from experiments.patch import (
     generated_images,
     make_patches,
 )
-from experiments.runner import run
 from figures import patch as patch_figure
 from tests.test_data import make_cifar10
 
@@ -275,7 +275,7 @@ def test_paper_profile_reads_cifar10(tmp_path, monkeypatch):
 
 def test_the_slow_drift_diagnostic_moves_the_slow_part_k_times_as_far(tmp_path):
     # slow_lr_scale = k: the slow groups step with h * k, so their drift is h per step (not h/k)
-    from experiments.optimizers import build_optimizer
+    from experiments.core.optimizers import build_optimizer
 
     cfg = quick_cfg(tmp_path, "multirate_slow_drift_h")
     groups = build_optimizer(cfg, WideResNet(GENERATED_CLASSES, 16, 1)).param_groups

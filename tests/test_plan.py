@@ -12,9 +12,11 @@ import pytest
 import torch
 import transformers
 
-from experiments import data, plan, regularization_lm, transfer_text
-from experiments.config import load_config
-from experiments.errors import UserError
+from benchmarks import plan
+from experiments import regularization_lm, transfer_text
+from experiments.core.config import load_config
+from experiments.core.errors import UserError
+from experiments.datasets import data
 from multirate import Multirate, partition
 
 
@@ -213,7 +215,7 @@ def test_paper_plan(no_data, experiment):
 def test_every_target_is_checked_before_any_timing(no_data, monkeypatch):
     """`plan all lr=inf` fails in one line before the first experiment is timed."""
     monkeypatch.setattr(plan, "measure", lambda *a, **k: pytest.fail("timed before checking"))
-    with pytest.raises(SystemExit, match="experiments.plan: invalid lr=inf: must be a finite number"):
+    with pytest.raises(SystemExit, match="benchmarks.plan: invalid lr=inf: must be a finite number"):
         plan.main(["all", "lr=inf"])
     with pytest.raises(UserError, match="--seeds 0,-1: seed '-1'"):
         plan.main(["regularization_mlp", "--seeds", "0,-1"])

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import preemption, runner
-from experiments.config import RunConfig
+from experiments.core import preemption, runner
+from experiments.core.config import RunConfig
 from tests.helpers import Blobs, write_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,8 @@ STOP = 11  # the signal arrives during minibatch STOP + 1 (of 8 per epoch): mid-
 CHILD = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT / "tests")!r})
-from experiments import preemption, runner
-from experiments.config import RunConfig
+from experiments.core import preemption, runner
+from experiments.core.config import RunConfig
 from helpers import Blobs
 
 class WaitForSignal(Blobs):

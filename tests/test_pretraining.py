@@ -1,4 +1,4 @@
-"""experiments.pretraining: the shared pretraining loop and the cache of pretrained networks."""
+"""experiments.datasets.pretraining: the shared pretraining loop and the cache of pretrained networks."""
 
 import io
 import json
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments import pretrained_cache, pretraining
-from experiments.files import sha256_bytes
+from experiments.core.files import sha256_bytes
+from experiments.datasets import pretrained_cache, pretraining
 
 
 def _setup(seed=0):
@@ -228,7 +228,7 @@ def test_a_damaged_shipped_network_is_named_and_not_used(tmp_path, shipped, caps
 
 def test_a_downloaded_weights_file_is_checked_against_the_sha256_prefix_in_its_name(tmp_path):
     """torch.hub checks the prefix (``resnet50-11ad3fa6.pth``) when it downloads the file only."""
-    from experiments.errors import UserError
+    from experiments.core.errors import UserError
 
     data = b"the weights"
     intact = tmp_path / f"resnet34-{sha256_bytes(data)[:8]}.pth"
@@ -255,7 +255,7 @@ def test_different_tensors_compares_bits():
 
 def _quick_cache_paths(results_dir):
     from experiments import transfer, transfer_text
-    from experiments.config import experiment_config, list_methods, load_config
+    from experiments.core.config import experiment_config, list_methods, load_config
 
     paths, of = [], {transfer: transfer.pretrained_path, transfer_text: transfer_text.pretrain_path}
     for module, path_of in of.items():
@@ -282,7 +282,7 @@ def test_the_shipped_networks_are_the_ones_the_quick_profile_needs_and_are_intac
 @pytest.mark.slow
 def test_make_pretrain_rebuilds_the_shipped_networks_to_the_bit():
     """`make pretrain --check`: pretraining again gives the shipped weights, bit for bit (~4 min)."""
-    done = subprocess.run([sys.executable, "-m", "experiments.pretrained_cache", "--check"],
+    done = subprocess.run([sys.executable, "-m", "experiments.datasets.pretrained_cache", "--check"],
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("weights bit-identical to the shipped ones") == 2

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from experiments import claims, protocol, regularization_mlp, transfer
-from experiments.config import load_config
-from experiments.data import holdout_split
-from experiments.readme_tables import Runs
+from experiments import protocol, regularization_mlp, transfer
+from experiments.core.config import load_config
+from experiments.core.runner import run
+from experiments.datasets.data import holdout_split
 from experiments.regularization_lm import LMConfig, LMTask
-from experiments.runner import run
+from experiments.reporting import claims
+from experiments.reporting.readme_tables import Runs
 from tests.helpers import LM_TINY, MLP_TINY, TRANSFER_TINY
 
 
@@ -142,7 +143,7 @@ def test_a_profile_method_table_wins_over_the_method_table(tmp_path):
     toml = tmp_path / "x.toml"
     toml.write_text("lr = 0.1\n[quick]\nepochs = 2\n[quick.methods.b]\nlr = 0.3\n"
                     "[methods.a]\n[methods.b]\nlr = 0.2\n")
-    from experiments.config import RunConfig
+    from experiments.core.config import RunConfig
 
     assert load_config(RunConfig, toml, "quick", "b").lr == 0.3
     assert load_config(RunConfig, toml, "paper", "b").lr == 0.2
@@ -231,7 +232,7 @@ def test_a_claim_says_which_seeds_it_left_out_and_why():
     runs = Runs(mlp_rows({"multirate": [0, 1, 2], "sgd": [0, 2]}))
     assert claims.verdict(claim, runs) == (
         "1.00 ± 0.00 (2 of 3 seeds; sgd seed 1 has no complete run): reproduced")
-    # ... the results folder knows it (experiments.left_out.runs)
+    # ... the results folder knows it (experiments.reporting.left_out.runs)
     left = {"regularization_mlp": pd.DataFrame([dict(method="sgd", seed=1, reason="diverged at epoch 4")])}
     assert "(2 of 3 seeds; sgd seed 1 diverged at epoch 4)" in claims.verdict(claim, runs, left)
     # A seed that no method ran is not left out; a seed another claim's experiment ran is not either.
@@ -246,7 +247,7 @@ def test_a_claim_says_which_seeds_it_left_out_and_why():
 @pytest.mark.parametrize("name", sorted(protocol.PROTOCOLS))
 def test_every_toml_runs_the_step_sizes_the_committed_trials_choose(name):
     # `python -m experiments.protocol select all --check`, for every figure whose trials are recorded
-    from experiments import reference
+    from experiments.reporting import reference
 
     p = protocol.PROTOCOLS[name]
     for profile in ("quick", "cpu"):

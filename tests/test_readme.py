@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import readme_tables, reference, registry
+from experiments.core import registry
+from experiments.reporting import readme_tables, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -117,7 +118,8 @@ def test_every_pages_tables_equal_the_reference():
     runs = readme_tables.Runs(reference.read(reference.path("quick")))
     stale = [name(page) for page, text in TEXT.items()
              if readme_tables.render(text, runs, page=name(page)) != text]
-    assert not stale, f"tables differ from the reference in {stale}: `python -m experiments.readme_tables`"
+    assert not stale, (f"tables differ from the reference in {stale}: `python -m "
+                       f"experiments.reporting.readme_tables`")
 
 
 def test_every_registered_table_is_shown_on_a_page():

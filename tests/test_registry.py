@@ -1,4 +1,4 @@
-"""The experiment registry (experiments.registry): its entries, the Makefile against it, the import
+"""The experiment registry (experiments.core.registry): its entries, the Makefile against it, the import
 rules, and a toy fourth experiment added in the places an experiment needs, which gets a claims row,
 README tables, a cost-plan entry, an ablation and report sections from its registry entry alone."""
 
@@ -12,8 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import ablations, claims, plan, readme_tables, reference, registry, report, slurm, sweep
-from experiments.config import experiment_config, list_methods, load_config
+from benchmarks import plan
+from experiments import ablations, sweep
+from experiments.core import registry, slurm
+from experiments.core.config import experiment_config, list_methods, load_config
+from experiments.reporting import claims, readme_tables, reference, report
 from tests.helpers import write_toy_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +98,7 @@ def test_makefile_target_runs_what_the_registry_says(name):
         assert set(re.findall(r"-m (figures\.\w+)", recipe)) == {exp.figure}
     else:
         rule = re.search(r"^fig-%:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M)
-        assert rule and "-m experiments.registry $* --run" in rule[1]
+        assert rule and "-m experiments.core.registry $* --run" in rule[1]
 
 
 def test_schedule_shares_the_runs_between_processes_side_by_side():
@@ -173,7 +176,7 @@ def test_the_import_check_finds_each_kind_of_violation(tmp_path):
         "experiments/beta.py": "import experiments.shared\n",
         "experiments/shared.py": "import torch\n",
         "experiments/driver.py": "import importlib\nimportlib.import_module('experiments.beta')\n",
-        "experiments/report.py": "def f():\n    from figures.table import rows\n",
+        "experiments/reporting/report.py": "def f():\n    from figures.table import rows\n",
         "figures/__init__.py": "",
         "figures/table.py": "from experiments import alpha\n",  # figures may import experiments
         "multirate/__init__.py": "from .core import x\n",
@@ -188,12 +191,12 @@ def test_the_import_check_finds_each_kind_of_violation(tmp_path):
         "-> experiments.beta)",
         "experiments.driver imports the experiment experiments.beta (experiments.driver -> experiments.beta)",
         "experiments.helper imports the experiment experiments.beta (experiments.helper -> experiments.beta)",
-        "experiments.report imports figures.table",
+        "experiments.reporting.report imports figures.table",
         "multirate.core imports experiments.shared"]
 
 
 def test_the_import_check_runs_from_the_command_line():
-    done = subprocess.run([sys.executable, "-m", "experiments.registry", "--check-imports"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "experiments.core.registry", "--check-imports"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("import rules hold")
@@ -225,7 +228,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments.runlog import last_epoch, read_results  # noqa: E402
+from experiments.core.runlog import last_epoch, read_results  # noqa: E402
 from figures import results_root, save  # noqa: E402
 
 
@@ -263,7 +266,7 @@ def toy_entry(code: Path) -> registry.Experiment:
 def toy(tmp_path, monkeypatch):
     """The places of a new experiment: module, TOML, figure script, registry entry, tests (this one).
     Written to tmp_path and registered at run time; in the repository they are experiments/toy_exp.py,
-    experiments/configs/toy_exp.toml, figures/toy.py and one Experiment in experiments/registry.py."""
+    experiments/configs/toy_exp.toml, figures/toy.py and one Experiment in experiments/core/registry.py."""
     code = tmp_path / "code"
     code.mkdir()
     write_toy_experiment(code, "toy_exp", TOY_TOML)
@@ -277,7 +280,7 @@ def toy(tmp_path, monkeypatch):
 
 def test_a_toy_fourth_experiment_is_run_drawn_reported_submitted_ablated_and_swept(toy):
     results = toy
-    # Its commands (what `make fig-toy` would run through `python -m experiments.registry toy --run`),
+    # Its commands (what `make fig-toy` would run through `python -m experiments.core.registry toy --run`),
     # here in this process: the runs, then the figure.
     *runs, draw = registry.commands("toy", "quick", "0,1", [f"results_dir={results}"], str(results))
     assert [cmd[2] for cmd in runs] == ["toy_exp"] and draw[2] == "toy_figure"

@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments import data, regularization_lm, regularization_mlp
-from experiments.config import list_methods, load_config
-from experiments.optimizers import build_optimizer
+from experiments import regularization_lm, regularization_mlp
+from experiments.core.config import list_methods, load_config
+from experiments.core.optimizers import build_optimizer
+from experiments.core.runlog import RunLog
+from experiments.core.runner import evaluate, run
+from experiments.datasets import data
 from experiments.regularization_lm import (
     EOS,
     LMConfig,
@@ -25,8 +28,6 @@ from experiments.regularization_lm import (
     windows,
 )
 from experiments.regularization_mlp import MLP, MLPConfig, MLPTask, generated_images, prototypes
-from experiments.runlog import RunLog
-from experiments.runner import evaluate, run
 from figures import regularization as figure
 from multirate import Multirate
 from tests.helpers import LM_TINY, MLP_TINY
@@ -106,7 +107,7 @@ PTB = {  # the Mikolov files' format: a leading space, words and <unk>, N for nu
 
 
 def test_lm_task_reads_ptb_files_in_the_real_format(tmp_path, monkeypatch):
-    from experiments import data
+    from experiments.datasets import data
 
     monkeypatch.setattr(data, "PTB_MD5", {})  # hand-written files: trusted on first use, as unpublished
     folder = tmp_path / "data" / "ptb"

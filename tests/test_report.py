@@ -1,14 +1,15 @@
-"""The reproduction report (experiments.report) from synthetic run logs."""
+"""The reproduction report (experiments.reporting.report) from synthetic run logs."""
 
 import pandas as pd
 
-from experiments import registry, report
-from experiments.config import load_config
+from experiments.core import registry
+from experiments.core.config import load_config
+from experiments.core.runlog import RunLog
 from experiments.patch import TOML as PATCH_TOML
 from experiments.patch import PatchConfig
 from experiments.regularization_lm import TOML as LM_TOML
 from experiments.regularization_lm import LMConfig
-from experiments.runlog import RunLog
+from experiments.reporting import report
 from experiments.transfer import TOML as TRANSFER_TOML
 from experiments.transfer import TransferConfig
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments import tracking
-from experiments.config import RunConfig
-from experiments.files import atomic_open
-from experiments.runlog import COLUMNS, RunLog, read_results, read_rows, wandb_mode
-from experiments.runner import Task, run
+from experiments.core import tracking
+from experiments.core.config import RunConfig
+from experiments.core.files import atomic_open
+from experiments.core.runlog import COLUMNS, RunLog, read_results, read_rows, wandb_mode
+from experiments.core.runner import Task, run
 
 VALUES = [1 / 3, 0.1 + 0.2, 1e-300, 123456.789, 0.0, 2.0]
 
@@ -29,7 +29,7 @@ def no_network(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-env" / var.lower()))
-    monkeypatch.setattr(tracking, "_failed", False)  # W&B code lives in experiments.tracking
+    monkeypatch.setattr(tracking, "_failed", False)  # W&B code lives in experiments.core.tracking
 
 
 def make_cfg(tmp_path, **kw):
@@ -241,7 +241,7 @@ def test_wandb_offline_resume_continues_the_same_run(tmp_path):
 
 
 def test_read_run_verifies_and_no_complete_runs_says_why(tmp_path):
-    from experiments.runlog import ResultError, no_complete_runs, read_run
+    from experiments.core.runlog import ResultError, no_complete_runs, read_run
 
     cfg = make_cfg(tmp_path)
     folder = cfg.run_dir

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from experiments import accel
-from experiments.config import RunConfig, load_config
-from experiments.files import LockedError, run_lock
-from experiments.runner import checkpoint_path, lock_path, main, run
+from experiments.core import accel
+from experiments.core.config import RunConfig, load_config
+from experiments.core.files import LockedError, run_lock
+from experiments.core.runner import checkpoint_path, lock_path, main, run
 from tests.helpers import MULTIRATE, Blobs, make_cfg
 
 

@@ -1,4 +1,4 @@
-"""experiments.slurm: the array scripts it writes, and a real array job on a one-node Slurm cluster.
+"""experiments.core.slurm: the array scripts it writes, and a real array job on a one-node Slurm cluster.
 
 The cluster tests (marked slurm and slow: `pytest -m slurm`) need `sinfo` to show an idle node.
 Under CI (CI set) they start one themselves with .ci/slurm-up.sh (as root: apt-get install slurm-wlm
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import registry, slurm
-from experiments.runlog import read_results, read_runs
+from experiments.core import registry, slurm
+from experiments.core.runlog import read_results, read_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny quick-profile transfer runs: seconds each, most of it Python's start.

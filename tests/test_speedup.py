@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from experiments.speedup import METHODS, Settings, benchmark, limit, main, optimizer_benchmark, report
+from benchmarks.speedup import METHODS, Settings, benchmark, limit, main, optimizer_benchmark, report
 
 TINY_BERT = dict(vocab_size=50, dim=16, hidden_dim=32, n_layers=1, n_heads=2, max_position_embeddings=16)
 KEYS = {"model", "device", "image_size", "seq_len", "batch_size", "k", "steps", "repeats", "threads",
@@ -105,7 +105,7 @@ def test_optimizer_only(tmp_path, capsys):
 def test_settings_from_toml(tmp_path):
     cfg = tmp_path / "s.toml"
     cfg.write_text('model = "resnet50"\nk = 2\nsteps = 4\n')
-    from experiments.speedup import parse_args
+    from benchmarks.speedup import parse_args
 
     s = parse_args(["--config", str(cfg), "--steps", "6"])
     assert (s.model, s.k, s.steps) == ("resnet50", 2, 6)  # the command line overrides the file
@@ -126,7 +126,7 @@ def test_resnet34_realistic_speedup():
 def test_per_call_times_steps_and_optimizer_steps_by_kind():
     from torch import nn
 
-    from experiments.speedup import CLOCKS, PerCall
+    from benchmarks.speedup import CLOCKS, PerCall
 
     calls = PerCall("cpu", CLOCKS["wall"])
     w = nn.Parameter(torch.ones(3))

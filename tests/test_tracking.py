@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from experiments import tracking
-from experiments.config import RunConfig
-from experiments.runlog import RunLog
+from experiments.core import tracking
+from experiments.core.config import RunConfig
+from experiments.core.runlog import RunLog
 from tests.test_runlog import read_wandb_records
 
 

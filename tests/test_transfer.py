@@ -14,9 +14,9 @@ import torchvision
 from torch import nn
 
 from experiments import transfer
-from experiments.config import list_methods, load_config
-from experiments.optimizers import apply_train
-from experiments.runner import run
+from experiments.core.config import list_methods, load_config
+from experiments.core.optimizers import apply_train
+from experiments.core.runner import run
 from experiments.transfer import (
     SOURCE_CLASSES,
     TARGET_CLASSES,
@@ -319,7 +319,7 @@ def test_damaged_imagenet_weights_in_the_cache_are_refused_before_loading():
     """torch.hub checks the SHA-256 prefix in the file's name only when it downloads the file."""
     from pathlib import Path
 
-    from experiments.errors import UserError
+    from experiments.core.errors import UserError
 
     name = Path(torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url).name  # resnet34-b627a593.pth
     cached = Path(torch.hub.get_dir()) / "checkpoints" / name

@@ -10,10 +10,10 @@ import transformers
 from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
 import experiments.transfer_text as T
-from experiments.config import list_methods, load_config
-from experiments.data import load_sst2, load_sst2_tsv
-from experiments.optimizers import apply_train, build_optimizer
-from experiments.runner import run
+from experiments.core.config import list_methods, load_config
+from experiments.core.optimizers import apply_train, build_optimizer
+from experiments.core.runner import run
+from experiments.datasets.data import load_sst2, load_sst2_tsv
 
 TINY = ["tiny_dim=16", "tiny_layers=6", "tiny_heads=2", "tiny_hidden=32", "pretrain_steps=4",
         "pretrain_batch_size=8", "n_train=64", "n_test=32", "batch_size=16", "epochs=1"]

@@ -17,7 +17,7 @@ Downloaded networks (the paper profile's ImageNet ResNets, from torchvision) are
 the file (``load_state_dict_from_url`` with ``check_hash``: a file already in the cache is loaded
 unchecked), so a file damaged later would be loaded without a word.
 
-This module is apart from `experiments.pretraining` on purpose: the cache keys hash the source of
+This module is apart from `experiments.datasets.pretraining` on purpose: the cache keys hash the source of
 ``pretraining.py`` (the code that produces the weights), and how a cache is stored and checked does
 not change the weights.
 """
@@ -36,12 +36,12 @@ from pathlib import Path
 
 import torch
 
-from experiments import determinism, registry
-from experiments.config import experiment_config, list_methods, load_config
-from experiments.errors import UserError
-from experiments.files import atomic_open, sha256_bytes, sha256_file, waiting_lock, write_json
+from experiments.core import determinism, registry
+from experiments.core.config import experiment_config, list_methods, load_config
+from experiments.core.errors import UserError
+from experiments.core.files import atomic_open, sha256_bytes, sha256_file, waiting_lock, write_json
 
-SHIPPED_DIR = Path(__file__).with_name("pretrained")
+SHIPPED_DIR = Path(__file__).parents[1] / "pretrained"
 SHIPPED_MANIFEST = SHIPPED_DIR / "manifest.json"
 SHIPPED_MAX_BYTES = 4 << 20  # a shipped network stays small: the repository is cloned whole
 
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     """``make pretrain``: pretrain each shipped network again (in a temporary folder) and say whether
     its weights are the shipped ones to the bit and its key is the shipped one; then ship it (file
     and manifest) unless --check. With --check, exit status 1 if any differs."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.pretrained_cache", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m experiments.datasets.pretrained_cache",
+                                     description=main.__doc__)
     parser.add_argument("--check", action="store_true", help="compare only; change nothing")
     args = parser.parse_args(argv)
     old_entries, new_entries, differs = shipped(), [], False
@@ -277,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in set(old_entries) - {e["file"] for e in new_entries}:
             (SHIPPED_DIR / name).unlink(missing_ok=True)
         write_json(SHIPPED_MANIFEST, {"about": "the quick profile's pretrained networks, used when a run "
-                                      "needs their key (experiments/pretrained_cache.py); rebuilt and "
+                                      "needs their key (experiments/datasets/pretrained_cache.py); rebuilt "
+                                      "and "
                                       "compared by `make pretrain`", "files": new_entries})
         print(f"wrote {SHIPPED_MANIFEST}", flush=True)
     return 1 if args.check and differs else 0
@@ -286,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # The imported module, not this __main__ copy: `cached` (called by the experiments) reads the
     # imported module's switch, which `pretraining_forced` must turn off.
-    from experiments import errors, pretrained_cache
+    from experiments.core import errors
+    from experiments.datasets import pretrained_cache
 
     errors.cli(pretrained_cache.main)

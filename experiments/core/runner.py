@@ -2,11 +2,11 @@
 
 The whole training set lives on the device as tensors; each epoch a seeded permutation is
 sliced into minibatches, so there is no DataLoader and no per-sample Python. A run can be
-stopped at any step and resumed from its checkpoint (`experiments.checkpoint`) to the same bits
+stopped at any step and resumed from its checkpoint (`experiments.core.checkpoint`) to the same bits
 (on CPU). While a run trains it holds a lock beside its JSON, so a second copy of the same run
 (a resubmitted job, a Slurm requeue of a task still alive) stops with one line and writes nothing.
 
-Preemption (`experiments.preemption`): while training, SIGTERM and SIGUSR1 (what Slurm sends
+Preemption (`experiments.core.preemption`): while training, SIGTERM and SIGUSR1 (what Slurm sends
 before it kills a job) only set a flag; the run finishes its minibatch, saves its checkpoint and
 returns "preempted", and `main` requeues the Slurm job and exits with EXIT_PREEMPTED. Under
 torchrun (torch.distributed initialised) every rank trains on its shard of each global minibatch
@@ -32,14 +32,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from experiments import accel, checkpoint, determinism, tracking
-from experiments.checkpoint import Progress, checkpoint_path
-from experiments.config import RunConfig, list_methods, load_config, parse_cli, read_toml
-from experiments.errors import UserError
-from experiments.files import LockedError, run_lock, sha256_file
-from experiments.optimizers import apply_train, build_optimizer, build_scheduler, check_optimizer
-from experiments.preemption import EXIT_PREEMPTED, PREEMPTION, requeue_slurm_job
-from experiments.runlog import ResultError, RunLog, check_csv, read_record, read_rows
+from experiments.core import accel, checkpoint, determinism, tracking
+from experiments.core.checkpoint import Progress, checkpoint_path
+from experiments.core.config import RunConfig, list_methods, load_config, parse_cli, read_toml
+from experiments.core.errors import UserError
+from experiments.core.files import LockedError, run_lock, sha256_file
+from experiments.core.optimizers import apply_train, build_optimizer, build_scheduler, check_optimizer
+from experiments.core.preemption import EXIT_PREEMPTED, PREEMPTION, requeue_slurm_job
+from experiments.core.runlog import ResultError, RunLog, check_csv, read_record, read_rows
 from multirate.distributed import AllReduceGrads, any_rank, broadcast_module, init_from_env, world
 
 FINISHED = ("complete", "diverged")  # deterministic outcomes: rerunning would repeat them

@@ -1,10 +1,10 @@
 """Reproduction report: results/<profile>/REPORT.md, the paper's numbers beside ours.
 
-    python -m experiments.report [--profile quick|paper] [--results-dir results]
+    python -m experiments.reporting.report [--profile quick|paper] [--results-dir results]
 
 Without --profile, writes a report for every profile that has a results folder. Each report links
 every figure under results/<profile>/figures/ (relative links) and has a table per experiment:
-the paper's number (``Experiment.paper`` in ``experiments/registry.py``, which cites the paper's
+the paper's number (``Experiment.paper`` in ``experiments/core/registry.py``, which cites the paper's
 section and figure of each; read off the paper's plots, about ±0.5 point and ±5 % in time), ours
 (mean ± sd over seeds of complete runs, at the final epoch; for the language model also the minimum
 validation loss over epochs) and ours - paper.
@@ -12,11 +12,11 @@ The difference is printed only where ours ran on the paper's data set (CIFAR, SS
 on a generated task an accuracy or a loss is not comparable with the paper's, so the column says
 "other task", and the claims section at the top compares what is (gaps, ratios, rises).
 An experiment without complete runs says "not run". Every section says which runs it left out and
-why (diverged at epoch N, not finished: `experiments.left_out`), and so does the claims table.
+why (diverged at epoch N, not finished: `experiments.reporting.left_out`), and so does the claims table.
 Times are hardware-specific, so the transfer tables compare the time relative to train-all of the
 same model, not seconds.
 
-The sections follow ``experiments.registry.EXPERIMENTS``: each experiment's ``report`` function
+The sections follow ``experiments.core.registry.EXPERIMENTS``: each experiment's ``report`` function
 (``results/<profile> -> Markdown``), or, for one that names none, `generic_section` (the final value
 of each metric it is judged by, per method, mean ± sd over seeds); then the ablations (their tables
 come from ``experiments.ablations``, as the ablation figures' do) and the figures.
@@ -30,15 +30,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import claims, left_out, registry
 from experiments.ablations import final_rows, grids, left_out_runs, summarise
-from experiments.config import PROFILES
-from experiments.readme_tables import Runs
-from experiments.reference import collect
-from experiments.runlog import last_epoch, read_results, read_runs
+from experiments.core import registry
+from experiments.core.config import PROFILES
+from experiments.core.runlog import last_epoch, read_results, read_runs
+from experiments.reporting import claims, left_out
+from experiments.reporting.readme_tables import Runs
+from experiments.reporting.reference import collect
 
 PAPER_NOTE = ("paper: ~ read off the paper's plots (about ±0.5 point, ±5 % in time); the section and "
-              "figure of each: experiments/registry.py")
+              "figure of each: experiments/core/registry.py")
 TRANSFER_TASK = {"resnet50": "ResNet-50 on CIFAR-100", "resnet34": "ResNet-34 on CIFAR-10",
                  "small_resnet": "small ResNet on the generated task (a DIFFERENT task from the paper's)",
                  "distilbert": "DistilBERT"}
@@ -225,7 +226,7 @@ def section(experiment: registry.Experiment, root: Path) -> str:
 
 def left_out_note(root: Path, folders: list[str]) -> str:
     """"Left out of `patch`: multirate: 2 of 3 seeds, seed 1 diverged at epoch 4." per folder under
-    `root` with runs that are not complete (`experiments.left_out`); "" when there are none."""
+    `root` with runs that are not complete (`experiments.reporting.left_out`); "" when there are none."""
     lines = []
     for folder in folders:
         left = left_out.runs(root / folder)
@@ -277,7 +278,7 @@ def ablation_section(results_dir: Path, profile: str) -> str:
 
 def claims_section(results_dir: Path, profile: str) -> str:
     """Each claim of the paper as the quantity it is about, per seed, with its verdict
-    (experiments/claims.py), from the complete runs under results/<profile>, and the seeds it left
+    (experiments/reporting/claims.py), from the complete runs under results/<profile>, and the seeds it left
     out and why."""
     runs = Runs(collect(results_dir, profile))
     folders = {part.results_folder for e in registry.EXPERIMENTS.values() for part in e.parts}
@@ -320,6 +321,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

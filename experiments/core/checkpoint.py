@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from experiments.config import RunConfig
-from experiments.errors import UserError
-from experiments.files import atomic_open, sha256_bytes
+from experiments.core.config import RunConfig
+from experiments.core.errors import UserError
+from experiments.core.files import atomic_open, sha256_bytes
 
 
 @dataclasses.dataclass

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 from multirate import BASES, HyperparameterError, check_hyperparameters
 
 PROFILES = ("quick", "cpu", "paper")  # cpu: the paper's counts on generated data, ~1 h per figure on 2 cores
@@ -44,7 +44,8 @@ PARTITIONS = ("layerwise", "random_subgroups", "weights_and_biases", "random_spl
 ELEMENTWISE = {"random_subgroups": "random", "random_split": "split"}  # partition -> its groups' rate
 SCHEDULES = ("constant", "cosine", "multistep")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
-AMP_MODES = ("auto", "none", "bf16", "fp16")  # auto: bf16 where the device runs it fast (experiments.accel)
+# auto: bf16 where the device runs it fast (experiments.core.accel)
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 MAX_SEED = 2**32 - 1  # seeds (`seed`, `seeds`, `*_seed`) are in [0, MAX_SEED]: what every generator takes
 
 # Fields that do not change what is computed, so they stay out of the run hash:

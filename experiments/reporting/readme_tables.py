@@ -1,13 +1,13 @@
 """The result tables of README.md and the docs/ pages, generated from the committed reference (never
 typed in).
 
-    python -m experiments.readme_tables           # rewrite the tables of every page
-    python -m experiments.readme_tables --check   # exit 1 if a page is not up to date
+    python -m experiments.reporting.readme_tables           # rewrite the tables of every page
+    python -m experiments.reporting.readme_tables --check   # exit 1 if a page is not up to date
 
 A table lives between ``<!-- reference:NAME -->`` and ``<!-- /reference -->`` in any page of `pages`
 (README.md and every docs/**/*.md); `blocks` maps NAME to the function that renders it from the
-reference rows (`experiments.reference.read`) of the quick profile; ``NAME-cpu`` renders the same
-table from the cpu profile's reference. The names come from ``experiments/registry.py``: each
+reference rows (`experiments.reporting.reference.read`) of the quick profile; ``NAME-cpu`` renders the same
+table from the cpu profile's reference. The names come from ``experiments/core/registry.py``: each
 experiment's ``tables`` (an experiment that names none has one, `generic_table`, under its own name),
 ``ablation-NAME`` for each of its ablations; and the claims and their sensitivity (`GENERAL`). Adding
 a table is one line in its experiment's entry and the two markers in the page that shows it.
@@ -25,10 +25,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments import claims, protocol, reference, registry
+from experiments import protocol
 from experiments.ablations import variant_config
+from experiments.core import registry
+from experiments.reporting import claims, reference
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 BLOCK = re.compile(r"(<!-- reference:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /reference -->)", re.S)
@@ -370,7 +372,8 @@ def main(check_only: bool = False, root: Path = ROOT) -> int:
         return 0
     if check_only:
         print(f"{', '.join(str(p.relative_to(root)) for p in stale)}: tables differ from "
-              "experiments/reference/quick.csv (or cpu.csv); run `python -m experiments.readme_tables`")
+              "experiments/reference/quick.csv (or cpu.csv); run `python -m "
+              "experiments.reporting.readme_tables`")
         return 1
     return 0
 

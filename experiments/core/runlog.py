@@ -2,7 +2,7 @@
 
 Layout under ``results/<profile>/<experiment>/``: ``<run_name>.csv`` (one row per
 evaluation and metric) and ``<run_name>.json`` (config, status, versions, times).
-W&B (``experiments.tracking``) is optional: the CSV is the record.
+W&B (``experiments.core.tracking``) is optional: the CSV is the record.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from experiments import accel, determinism, tracking
-from experiments.config import RunConfig
-from experiments.errors import UserError
-from experiments.files import atomic_open, sha256_bytes, sha256_file
-from experiments.tracking import wandb_mode  # noqa: F401 (re-exported: runlog.wandb_mode)
+from experiments.core import accel, determinism, tracking
+from experiments.core.config import RunConfig
+from experiments.core.errors import UserError
+from experiments.core.files import atomic_open, sha256_bytes, sha256_file
+from experiments.core.tracking import wandb_mode  # noqa: F401 (re-exported: runlog.wandb_mode)
 
 COLUMNS = ("run", "experiment", "method", "seed", "epoch", "step", "metric", "value", "time_s")
 _TYPES = {"seed": int, "epoch": int, "step": int, "value": float, "time_s": float}
@@ -184,7 +184,7 @@ def environment() -> dict:
 @functools.cache  # once per process: the code does not change under a running process
 def git_commit() -> str | None:
     """Short sha of this checkout's HEAD, plus "+dirty" if tracked files changed; None outside git."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10)

@@ -1,6 +1,6 @@
 """GPU speed options of a run (``amp``, ``channels_last``, ``compile``, ``cudnn_benchmark``), as
 small functions the runner calls; each keeps :class:`multirate.TrainStep`'s saving. For a CPU,
-``keep_freed_host_memory`` (used by ``experiments.speedup``, not by the runner).
+``keep_freed_host_memory`` (used by ``benchmarks.speedup``, not by the runner).
 
     configure_backends(cfg, device)                  # cudnn.benchmark, once per run
     model = prepare_model(model, cfg, device)        # after .to(device), before the optimizer
@@ -14,7 +14,7 @@ Device-dependent choices are made when the run starts, on its device (`resolve_a
 elsewhere; the paper profile's TOMLs use it. A CPU runs bf16 autocast far slower than float32 (the
 paper profile's language model: 319 s against 20 s for its first epoch at 1 thread; the perceptron
 about 4x), and with other numerics. The runner records the choice in the run's JSON
-(``experiments.runlog``). ``channels_last`` and ``compile`` have no "auto": NHWC convolutions
+(``experiments.core.runlog``). ``channels_last`` and ``compile`` have no "auto": NHWC convolutions
 are fast on CPUs (oneDNN) and GPUs alike, and compiling is a choice of time to first step, not of
 device.
 
@@ -53,7 +53,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from experiments.config import RunConfig
+from experiments.core.config import RunConfig
 from multirate import TrainStep
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -96,7 +96,7 @@ def keep_freed_host_memory() -> bool:
     Why: glibc hands freed blocks over 32 MiB, and the free top of its heap, back to the kernel,
     and the next allocation faults in every page again (several microseconds each on a virtual
     machine). A multirate slow step, which follows k - 1 fast steps that need little memory, paid
-    for its whole graph that way on every cycle; ``python -m experiments.speedup`` counts the
+    for its whole graph that way on every cycle; ``python -m benchmarks.speedup`` counts the
     faults per step (docs/performance.md, "Freed host memory": without this setting, DistilBERT-base's
     slow step took 2.70 s against a train-all step's 2.02 s, at 2 threads). PyTorch's CUDA caching
     allocator does the same for GPU memory. The cost: the process keeps its peak host memory until

@@ -5,7 +5,7 @@ says -- a gap to Train All, a time ratio, a rise of the validation loss after it
 trade-off between clean and patch accuracy -- never through absolute accuracies across tasks. Each
 claim has a stated rule for "reproduced", "in direction only" and "not reproduced", written down
 before the runs it judges (here, one list per experiment, which its entry in
-``experiments/registry.py`` names: `claims` gathers them in registry order); `table` renders them for
+``experiments/core/registry.py`` names: `claims` gathers them in registry order); `table` renders them for
 the README and the report. A claim's paper value is derived from the paper's numbers in the registry
 (`Experiment.paper`), never typed again.
 """
@@ -17,8 +17,9 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from experiments import protocol, registry
-from experiments.reference import CURVE
+from experiments import protocol
+from experiments.core import registry
+from experiments.reporting.reference import CURVE
 
 OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__}
 
@@ -300,7 +301,8 @@ def summary(values: list[float], seeds: str = "") -> str:
 def omitted(claim: Claim, runs, left: dict | None = None) -> str:
     """"2 of 3 seeds; multirate seed 1 diverged at epoch 4" when the claim's values come from fewer
     seeds than its experiment ran, else "". The seeds it ran are those of every run in the experiment,
-    complete or left out (`left`: {experiment: `experiments.left_out.runs` of its folder}, which says
+    complete or left out (`left`: {experiment: `experiments.reporting.left_out.runs` of its folder}, which
+        says
     why). The reference keeps complete runs only: without `left`, a run is said to have none."""
     experiment, methods = claim.measure.reads
     runs_of = runs.by_experiment.get(experiment, {}).values()

@@ -10,8 +10,8 @@ import collections
 import torch
 from torch import nn
 
-from experiments.config import OPTIMIZERS, RunConfig
-from experiments.errors import UserError
+from experiments.core.config import OPTIMIZERS, RunConfig
+from experiments.core.errors import UserError
 from multirate import BASES, partition
 
 

@@ -1,6 +1,6 @@
 """Speed-up of multirate over full fine-tuning, per training step, with random weights.
 
-    python -m experiments.speedup --model resnet34 --image-size 32 --batch-size 128 --k 5 \
+    python -m benchmarks.speedup --model resnet34 --image-size 32 --batch-size 128 --k 5 \
         --steps 10 --repeats 5 --threads 1 --json /tmp/speedup/resnet34.json
 
 Three methods train the same model (three copies of one random initialisation) on one fixed
@@ -32,7 +32,7 @@ GPU with CUDA events, so the windows are not synchronised step by step. Their me
 multirate loses against the limit: a slow step dearer than a train-all step, a fast step dearer
 than a head-only one, or the optimizer (linear drift moves every slow parameter on every step).
 
-    python -m experiments.speedup --optimizer-only --threads 1
+    python -m benchmarks.speedup --optimizer-only --threads 1
 
 times the optimizer step alone (fixed random gradients, 784-1024-10 perceptron) of
 torch.optim.SGD(foreach=True), Multirate random subgroups (the regularisation experiment's k = 2,
@@ -65,10 +65,10 @@ try:
 except ImportError:  # Windows
     resource = None
 
-from experiments.accel import host_memory_kept, keep_freed_host_memory
-from experiments.config import check_fields, read_toml, require
-from experiments.errors import one_line
-from experiments.files import write_json
+from experiments.core.accel import host_memory_kept, keep_freed_host_memory
+from experiments.core.config import check_fields, read_toml, require
+from experiments.core.errors import one_line
+from experiments.core.files import write_json
 from multirate import Multirate, TrainStep, partition
 
 MODELS = ("resnet34", "resnet50", "distilbert")
@@ -94,7 +94,7 @@ class Settings:
     # ResNets in NHWC: the layout oneDNN/cuDNN convolutions are fastest in, for every method alike
     # (on this 2-core CPU it cut ResNet-50's F by ~25 % and B by ~8 %).
     channels_last: bool = True
-    # glibc keeps freed host memory (experiments.accel.keep_freed_host_memory): otherwise, at these
+    # glibc keeps freed host memory (experiments.core.accel.keep_freed_host_memory): otherwise, at these
     # models' sizes, multirate's slow steps fault their graph's pages in again every cycle.
     keep_host_memory: bool = True
     clock: str = "wall"
@@ -485,6 +485,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

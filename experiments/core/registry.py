@@ -1,21 +1,22 @@
 """The experiments, one entry each: what produces a figure's runs, what draws it, what reports it.
 
-    python -m experiments.registry                        # every experiment and its parts
-    python -m experiments.registry patch --commands [--profile P] [--seeds 0,1,2] [key=value ...]
-    python -m experiments.registry patch --run [--processes 2] [--profile P] [--seeds 0,1,2] [key=value ...]
-    python -m experiments.registry --check-imports        # the import-graph rules below; exit 1 if broken
+    python -m experiments.core.registry                        # every experiment and its parts
+    python -m experiments.core.registry patch --commands [--profile P] [--seeds 0,1,2] [key=value ...]
+    python -m experiments.core.registry patch --run [--processes 2] [--profile P] [--seeds 0,1,2] [key=value
+        ...]
+    python -m experiments.core.registry --check-imports       # the import-graph rules below; exit 1 if broken
 
 An `Experiment` is one paper figure: its `Part` s (an entry point ``python -m <module>`` over the
 methods of its TOML file its figure draws, once per override set of the profile: the transfer figure
 runs the ResNet module once per torchvision model in the paper profile, and the DistilBERT module),
 the figure script (``python -m <figure> --profile P --results-dir R``), the report section (a function
-``results/<profile> -> Markdown``; without one, `experiments.report` writes a generic table of the
+``results/<profile> -> Markdown``; without one, `experiments.reporting.report` writes a generic table of the
 final value of each judged metric per method), the paper's numbers (the one table of them), its
 claims, its README/docs tables, its ablations and whether each part is in the cost plan. Everything
-that goes over "every experiment" reads `EXPERIMENTS`: ``experiments.report`` (the sections, the
-paper's numbers, the ablation sections), ``experiments.claims`` (`claims`; each claim's paper value
-from `paper`), ``experiments.readme_tables`` (the blocks), ``experiments.plan`` (`planned`),
-``experiments.ablations`` (`ablations`), ``experiments.slurm`` (job arrays), ``experiments.sweep``
+that goes over "every experiment" reads `EXPERIMENTS`: ``experiments.reporting.report`` (the sections, the
+paper's numbers, the ablation sections), ``experiments.reporting.claims`` (`claims`; each claim's paper value
+from `paper`), ``experiments.reporting.readme_tables`` (the blocks), ``benchmarks.plan`` (`planned`),
+``experiments.ablations`` (`ablations`), ``experiments.core.slurm`` (job arrays), ``experiments.sweep``
 (an entry point by name: `entry_point`), the Makefile (``make fig-NAME``: ``--run``, `schedule`;
 ``make slurm-NAME``), and the tests.
 
@@ -42,7 +43,7 @@ Adding a base optimizer (the multirate cycle over another base algorithm), count
 its direction in ``multirate/_functional.py``; a ``Multirate`` subclass that supplies it (as
 ``multirate/adamw.py`` does for AdamW and Adam); its row in ``multirate.bases.BASES`` (which the
 runner, the Hugging Face integration and ``check_hyperparameters`` read); its export in
-``multirate/__init__.py``; its two optimizer names in ``experiments.config.OPTIMIZERS`` (and a
+``multirate/__init__.py``; its two optimizer names in ``experiments.core.config.OPTIMIZERS`` (and a
 ``RunConfig`` field per new hyperparameter); its case in the conformance tests
 (``tests/test_optimizer_bases.py``): six places; and, for the k-ablation figure only, its marker in
 ``figures/ablations.BASES``. (``ablations.base_of`` read the optimizer's name suffix, a seventh
@@ -75,7 +76,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+FIRST_PARTY = ("experiments", "figures", "multirate", "benchmarks")  # what import_graph reads
 CONFIGS = ROOT / "experiments" / "configs"
 
 
@@ -89,9 +91,10 @@ class Part:
     toml: str  # a file name in experiments/configs/ (or an absolute path)
     variants: dict[str, list[list[str]]] = field(default_factory=dict)
     metrics: tuple[str, ...] = ()  # the final-epoch metrics it is judged by (ablation tables, report)
-    # The summary metrics (experiments.reference.summarize) of the README's ablation tables; () -> metrics
+    # The summary metrics (experiments.reporting.reference.summarize) of the README's ablation tables; () ->
+    # metrics
     table_metrics: tuple[str, ...] = ()
-    plan: bool = True  # in the cost plan (`experiments.plan all`): a training run to time
+    plan: bool = True  # in the cost plan (`benchmarks.plan all`): a training run to time
     methods: tuple[str, ...] = ()  # the methods the figure draws, costliest first; (): every method
     shared: bool = True  # processes side by side can share its runs (--skip-running); False: one run
 
@@ -107,7 +110,7 @@ class Part:
     @property
     def results_folder(self) -> str:
         """``results/<profile>/<this>/``: the TOML's ``experiment`` key, else its file name's stem
-        (as `experiments.config.load_config` sets it)."""
+        (as `experiments.core.config.load_config` sets it)."""
         with open(self.toml_path, "rb") as f:
             return tomllib.load(f).get("experiment", self.toml_path.stem)
 
@@ -133,9 +136,9 @@ class Experiment:
     # time); "time" is seconds of the paper's run.
     paper: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     # Each of the next three is given as "module:name" or as the object itself (`load`).
-    claims: str | Sequence | None = None  # its experiments.claims.Claim s
+    claims: str | Sequence | None = None  # its experiments.reporting.claims.Claim s
     # README/docs blocks: block name -> function(readme_tables.Runs) -> Markdown; none: one block
-    # named after the experiment, `experiments.readme_tables.generic_table`
+    # named after the experiment, `experiments.reporting.readme_tables.generic_table`
     tables: dict[str, str | Callable] = field(default_factory=dict)
     # ablation name -> its experiments.ablations.Variant s
     ablations: dict[str, str | Sequence] = field(default_factory=dict)
@@ -154,7 +157,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
              {"quick": [["model=small_resnet"]], "paper": [["model=resnet50"], ["model=resnet34"]]},
              metrics=("test_accuracy",)),
         Part("experiments.transfer_text", "transfer_distilbert.toml", metrics=("test_accuracy",))),
-        "figures.transfer", "experiments.report:transfer_section", "Transfer learning",
+        "figures.transfer", "experiments.reporting.report:transfer_section", "Transfer learning",
         paper={
             # Section "Transfer learning", ResNet-50 fine-tuned on CIFAR-100 (50 epochs): the figure of
             # test accuracy against training time, at the final epoch.
@@ -174,12 +177,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                 "distilbert_train_5": {"accuracy": 88.0, "time": 173},
                 "distilbert_head_only": {"accuracy": 77.0, "time": 142},
             }},
-        claims="experiments.claims:TRANSFER",
-        tables={"transfer-resnet": "experiments.readme_tables:transfer_resnet_table",
-                "transfer-distilbert": "experiments.readme_tables:transfer_distilbert_table",
-                "transfer-resnet-before": "experiments.readme_tables:transfer_resnet_before_table",
-                "transfer-distilbert-before": "experiments.readme_tables:transfer_distilbert_before_table",
-                "protocol-transfer": "experiments.readme_tables:protocol_transfer_table"},
+        claims="experiments.reporting.claims:TRANSFER",
+        tables={"transfer-resnet": "experiments.reporting.readme_tables:transfer_resnet_table",
+                "transfer-distilbert": "experiments.reporting.readme_tables:transfer_distilbert_table",
+                "transfer-resnet-before": "experiments.reporting.readme_tables:transfer_resnet_before_table",
+                "transfer-distilbert-before":
+                    "experiments.reporting.readme_tables:transfer_distilbert_before_table",
+                "protocol-transfer": "experiments.reporting.readme_tables:protocol_transfer_table"},
         ablations={"k": "experiments.ablations:K", "drift": "experiments.ablations:DRIFT",
                    "fast": "experiments.ablations:FAST"}),
     Experiment("patch", (
@@ -187,7 +191,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
              metrics=("clean_accuracy", "patched_accuracy", "patch_only_accuracy"),
              methods=("small_lr", "large_lr", "multirate_early", "multirate"),
              table_metrics=("clean_accuracy", "patch_only_accuracy")),),
-        "figures.patch", "experiments.report:patch_section", "Patch-augmented data",
+        "figures.patch", "experiments.reporting.report:patch_section", "Patch-augmented data",
         # Section "Latent time scales" (its Figure 2), WideResNet-16 on patch-augmented CIFAR-10 at epoch
         # 50; where the plot gives a range (patch-only 98-99, 25-38, 96-97; clean 76-77), its middle.
         paper={"patch": {
@@ -195,16 +199,16 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
             "large_lr": {"clean_accuracy": 72.0, "patched_accuracy": 65.0, "patch_only_accuracy": 31.5},
             "multirate": {"clean_accuracy": 76.5, "patched_accuracy": 93.0, "patch_only_accuracy": 96.5},
         }},
-        claims="experiments.claims:PATCH",
-        tables={"patch": "experiments.readme_tables:patch_table",
-                "patch-partitions": "experiments.readme_tables:patch_partitions_table",
-                "patch-before": "experiments.readme_tables:patch_before_table",
-                "patch-premise": "experiments.readme_tables:patch_premise_table"}),
+        claims="experiments.reporting.claims:PATCH",
+        tables={"patch": "experiments.reporting.readme_tables:patch_table",
+                "patch-partitions": "experiments.reporting.readme_tables:patch_partitions_table",
+                "patch-before": "experiments.reporting.readme_tables:patch_before_table",
+                "patch-premise": "experiments.reporting.readme_tables:patch_premise_table"}),
     Experiment("regularization", (
         Part("experiments.regularization_mlp", "regularization_mlp.toml", metrics=("test_accuracy",)),
         Part("experiments.regularization_lm", "regularization_lm.toml", metrics=("val_loss",),
              table_metrics=("val_loss@min", "val_loss"))),
-        "figures.regularization", "experiments.report:regularization_section", "Regularisation",
+        "figures.regularization", "experiments.reporting.report:regularization_section", "Regularisation",
         paper={
             # Section "Regularisation" (random subgroups), the transformer language model on Penn
             # Treebank, 150 epochs: the figure of validation loss against epochs.
@@ -219,16 +223,17 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                 "multirate": {"test_accuracy": 98.3}, "sgd": {"test_accuracy": 98.1},
                 "dropout": {"test_accuracy": 98.1},
             }},
-        claims="experiments.claims:REGULARIZATION",
-        tables={"regularization": "experiments.readme_tables:regularization_table",
-                "regularization-before": "experiments.readme_tables:regularization_before_table",
-                "protocol-regularization": "experiments.readme_tables:protocol_regularization_table"},
+        claims="experiments.reporting.claims:REGULARIZATION",
+        tables={"regularization": "experiments.reporting.readme_tables:regularization_table",
+                "regularization-before": "experiments.reporting.readme_tables:regularization_before_table",
+                "protocol-regularization":
+                    "experiments.reporting.readme_tables:protocol_regularization_table"},
         ablations={"subgroups": "experiments.ablations:SUBGROUPS",
                    "zeroing": "experiments.ablations:ZEROING"}),
     Experiment("convergence",
                (Part("experiments.convergence", "convergence.toml", plan=False, shared=False),),
-               "figures.convergence", "experiments.report:convergence_section", "Convergence check",
-               tables={"convergence": "experiments.readme_tables:convergence_table"}),
+               "figures.convergence", "experiments.reporting.report:convergence_section", "Convergence check",
+               tables={"convergence": "experiments.reporting.readme_tables:convergence_table"}),
 )}
 
 
@@ -237,7 +242,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
 def experiment(name: str) -> Experiment:
     """The registered experiment `name`; an unknown name is a ValueError listing the known ones."""
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}: experiments/registry.py has {sorted(EXPERIMENTS)}")
+        raise ValueError(f"unknown experiment {name!r}: experiments/core/registry.py has "
+                         f"{sorted(EXPERIMENTS)}")
     return EXPERIMENTS[name]
 
 
@@ -251,7 +257,7 @@ def part(name: str) -> Part:
     for p in parts():
         if name in (p.name, p.module):
             return p
-    raise ValueError(f"unknown experiment entry point {name!r}: experiments/registry.py has "
+    raise ValueError(f"unknown experiment entry point {name!r}: experiments/core/registry.py has "
                      f"{[p.name for p in parts()]}")
 
 
@@ -290,7 +296,7 @@ def paper() -> dict[str, dict[str, dict[str, float]]]:
 
 
 def claims() -> list:
-    """Every experiment's claims (`experiments.claims.Claim`), in registry order."""
+    """Every experiment's claims (`experiments.reporting.claims.Claim`), in registry order."""
     return [c for e in EXPERIMENTS.values() if e.claims for c in load(e.claims)]
 
 
@@ -391,7 +397,7 @@ def imports(path: Path, module: str) -> set[str]:
     return found
 
 
-def import_graph(root: Path = ROOT, packages: tuple[str, ...] = ("experiments", "figures", "multirate")
+def import_graph(root: Path = ROOT, packages: tuple[str, ...] = FIRST_PARTY
                  ) -> dict[str, set[str]]:
     """module -> the modules of `packages` it imports (first-party arrows only)."""
     files = {_module_name(p, root): p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))}
@@ -427,7 +433,7 @@ def import_violations(root: Path = ROOT, entry_points: list[str] | None = None) 
             if other in entry:
                 problems.append(f"{module} imports the experiment {other} ({' -> '.join(chain)}): "
                                 f"shared code belongs in a module of its own, experiments are found by "
-                                f"name through experiments.registry")
+                                f"name through experiments.core.registry")
     for module in sorted(modules):
         for target in sorted(graph[module]):
             if module.startswith("experiments") and target.startswith("figures"):
@@ -495,6 +501,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

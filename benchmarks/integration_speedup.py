@@ -1,7 +1,7 @@
 """Speed-up of Multirate inside the Hugging Face Trainer and PyTorch Lightning, next to TrainStep's.
 
-    python -m experiments.integration_speedup --framework huggingface --threads 1
-    python -m experiments.integration_speedup --framework lightning --threads 1
+    python -m benchmarks.integration_speedup --framework huggingface --threads 1
+    python -m benchmarks.integration_speedup --framework lightning --threads 1
 
 Per framework, four methods train copies of one random initialisation on fixed random batches:
 SGD with momentum over every parameter and Multirate (k = 5, fast = the head, linear drift), each
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from experiments.files import write_json
+from experiments.core.files import write_json
 from multirate import Multirate, TrainStep, partition
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
@@ -225,6 +225,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

@@ -1,7 +1,8 @@
 """The runs a figure, the report or a table leaves out, and why, so that each can say so: a method
 drawn from 2 seeds because a third diverged must not read like a method that ran twice.
 
-The figures and the report draw complete runs only (`experiments.runlog.read_results(only_complete=True)`);
+The figures and the report draw complete runs only
+    (`experiments.core.runlog.read_results(only_complete=True)`);
 every other run in a results folder is left out: "diverged at epoch N" (the runner logs the
 non-finite training loss against the epoch it happened in) or "not finished" (still running, or
 stopped before its end). `figures.left_out` adds the figures' table column.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.runlog import read_results, read_runs
+from experiments.core.runlog import read_results, read_runs
 
 COLUMNS = ["method", "seed", "reason"]
 

@@ -1,18 +1,18 @@
 """Cost plan of a paper run before booking a cluster: a few real training steps of every method.
 
-    python -m experiments.plan transfer --profile paper [steps=N] [--json FILE]   # ResNet-50, CIFAR-100
-    python -m experiments.plan transfer --profile paper model=resnet34            # ResNet-34, CIFAR-10
-    python -m experiments.plan all --profile paper steps=2 --json results/paper/plan.json
+    python -m benchmarks.plan transfer --profile paper [steps=N] [--json FILE]   # ResNet-50, CIFAR-100
+    python -m benchmarks.plan transfer --profile paper model=resnet34            # ResNet-34, CIFAR-10
+    python -m benchmarks.plan all --profile paper steps=2 --json results/paper/plan.json
 
-Experiments: every entry point of ``experiments/registry.py`` with ``plan=True`` (transfer,
+Experiments: every entry point of ``experiments/core/registry.py`` with ``plan=True`` (transfer,
 transfer_text, patch, regularization_lm, regularization_mlp; ``all``: each of them, the transfer
 module once per torchvision model of the profile, as the registry's override sets say). Options:
 ``--method a,b``, ``--seeds 0,1,2`` (the figure's seed count, default 3), ``--measure-batch M``,
 ``--json FILE``, ``key=value`` overrides of the config.
 
-For each method the plan runs the task's own code, as `experiments.runner.run` does: ``Task(cfg)``,
+For each method the plan runs the task's own code, as `experiments.core.runner.run` does: ``Task(cfg)``,
 ``train_tensors`` (the whole training set on the device), ``build_model``, ``apply_train``,
-``build_optimizer``, the `experiments.accel` options of the config, ``TrainStep``, and per step
+``build_optimizer``, the `experiments.core.accel` options of the config, ``TrainStep``, and per step
 ``task.batch`` (augmentation on the device) and ``task.loss``. It prints per method: seconds per
 step (multirate: its slow and its fast steps apart, and their mean over a cycle of k), peak memory
 (CPU: the process's resident-set high-water mark during the steps, via ``resource.getrusage``
@@ -32,11 +32,11 @@ is then the one at M.
 
 Weights and data: pretrained weights are used when they are in the local cache
 (``torch.hub.get_dir()``, the Hugging Face cache); otherwise the model is built at its real size
-with random weights. A data set that is not under `experiments.data.data_root()` (SST-2: neither
+with random weights. A data set that is not under `experiments.datasets.data.data_root()` (SST-2: neither
 in the Hugging Face ``datasets`` cache, read with the hub's offline flags on, nor there) is replaced
 by stand-in tensors of the real shapes, dtypes and sizes (random uint8 images 3x32x32 or 1x28x28,
 labels in the class range, token ids in the vocabulary range). This works by handing the task,
-for the plan only, wrappers of the loaders it calls (``experiments.data.fetch_*``/``load_*``,
+for the plan only, wrappers of the loaders it calls (``experiments.datasets.data.fetch_*``/``load_*``,
 ``experiments.transfer.imagenet_resnet``, ``experiments.transfer_text.load_classifier`` etc.) that
 use the real file where it is there and the stand-in where not; the output says which, plainly.
 Nothing is downloaded.
@@ -44,7 +44,7 @@ Nothing is downloaded.
 On a GPU machine, the plan of every paper run and the speed-up table as one short script::
 
     make setup && . .venv/bin/activate
-    python -m experiments.plan all --profile paper device=cuda amp=bf16 channels_last=true \\
+    python -m benchmarks.plan all --profile paper device=cuda amp=bf16 channels_last=true \\
         cudnn_benchmark=true steps=5 --json results/paper/plan-cuda.json | tee plan-cuda.md
     make speedup DEVICE=cuda | tee speedup-cuda.md
 """
@@ -67,8 +67,8 @@ from pathlib import Path
 
 import torch
 
-from experiments import accel, data, determinism, registry, runner
-from experiments.config import (
+from experiments.core import accel, determinism, registry, runner
+from experiments.core.config import (
     PROFILES,
     RunConfig,
     experiment_config,
@@ -76,8 +76,9 @@ from experiments.config import (
     load_config,
     run_selection,
 )
-from experiments.files import write_json
-from experiments.optimizers import apply_train, build_optimizer
+from experiments.core.files import write_json
+from experiments.core.optimizers import apply_train, build_optimizer
+from experiments.datasets import data
 
 DEFAULT_STEPS = 3
 DEFAULT_SEEDS = 3  # the figures' seeds: `make figures SEEDS=0,1,2`
@@ -573,7 +574,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(markdown(plan) + "\n", flush=True)
             plans.append(plan)
     except (ValueError, data.DownloadError) as err:
-        raise SystemExit(f"experiments.plan: {err}") from None
+        raise SystemExit(f"benchmarks.plan: {err}") from None
     total = sum(p["hours_figure"] for p in plans)
     if len(plans) > 1:
         print(f"All planned runs: {_hours(total)} hours of training on this device.", flush=True)
@@ -587,7 +588,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)
 

@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 STALE_TMP_S = 24 * 3600  # a temp file this old is stale whoever wrote it
 DEAD_TMP_S = 60  # ... and one of a dead writer on this host this old (a margin for pid namespaces)

@@ -1,6 +1,6 @@
 """Rerun a figure on a Slurm cluster: a job array with one run (method, seed) per task, then the figure.
 
-    python -m experiments.slurm transfer [--profile quick|paper] [--seeds 0,1,2] [--method a,b]
+    python -m experiments.core.slurm transfer [--profile quick|paper] [--seeds 0,1,2] [--method a,b]
         [--gpus N] [--cpus N] [--time HH:MM:SS] [--partition P] [--mem M] [--dry-run] [key=value ...]
 
 writes ``<results>/<profile>/slurm/<figure>.sbatch``, whose task i runs the i-th (method, seed) with
@@ -17,7 +17,7 @@ resumes from the checkpoint to the same bits. Runs already complete are skipped,
 whole figure only runs what is missing. With ``--gpus N`` > 1 each task runs its run data-parallel
 under ``torchrun`` (one process per GPU; see ``multirate.distributed``).
 
-A figure is an entry of ``experiments.registry.EXPERIMENTS``: the parts (experiment commands) that
+A figure is an entry of ``experiments.core.registry.EXPERIMENTS``: the parts (experiment commands) that
 produce its runs and the module that draws it (called as ``python -m <figure> --profile P --results-dir R``).
 """
 
@@ -29,8 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments import registry
-from experiments.config import PROFILES, list_methods, run_selection
+from experiments.core import registry
+from experiments.core.config import PROFILES, list_methods, run_selection
 
 ROOT = registry.ROOT
 
@@ -157,6 +157,6 @@ def main(argv: list[str] | None = None) -> tuple[str, str] | None:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from experiments.errors import UserError
-from experiments.files import atomic_open
+from experiments.core.errors import UserError
+from experiments.core.files import atomic_open
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 # name -> (archive, folder it unpacks to, md5 of the archive, label key, batch files (train, test))

@@ -1,9 +1,11 @@
 """The committed reference: every result behind the figures, one row per run and summary metric.
 
-    python -m experiments.reference check  [--profile quick] [--experiment transfer,...] [--results-dir DIR]
-    python -m experiments.reference update [--profile quick] [--experiment transfer,...] [--results-dir DIR]
+    python -m experiments.reporting.reference check  [--profile quick] [--experiment transfer,...]
+        [--results-dir DIR]
+    python -m experiments.reporting.reference update [--profile quick] [--experiment transfer,...]
+        [--results-dir DIR]
                                            [--merge]
-    python -m experiments.reference slice  [--results-dir DIR]   # rerun the CI slice and check it
+    python -m experiments.reporting.reference slice  [--results-dir DIR]   # rerun the CI slice and check it
 
 ``experiments/reference/<profile>.csv`` holds, for every complete run under ``results/<profile>/``
 (the ablations' ``results/ablations/<name>/<profile>/`` and the tuning trials'
@@ -13,7 +15,7 @@ relative to the profile (``transfer``, ``ablations/k/transfer``); ``run`` is its
 hashes its whole config, so a run with other settings is a different row, never a mismatch.
 
 ``check`` compares what is under ``results/`` with the reference and prints every mismatch: values
-must be equal to the bit (the determinism contract, `experiments.determinism`), except training
+must be equal to the bit (the determinism contract, `experiments.core.determinism`), except training
 times (metrics named ``time_s``), which are recorded for the tables but never compared. A
 reference row without a result is "missing"; a result without a reference row is listed as "new".
 It exits 1 on any mismatch or missing row. ``update`` rewrites the selected experiments' rows;
@@ -37,13 +39,13 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from experiments import registry
-from experiments.config import PROFILES
-from experiments.errors import UserError
-from experiments.files import atomic_open
-from experiments.runlog import read_record, read_run
+from experiments.core import registry
+from experiments.core.config import PROFILES
+from experiments.core.errors import UserError
+from experiments.core.files import atomic_open
+from experiments.core.runlog import read_record, read_run
 
-FOLDER = Path(__file__).with_name("reference")
+FOLDER = Path(__file__).parents[1] / "reference"
 COLUMNS = ("experiment", "run", "method", "seed", "metric", "value")
 NOT_COMPARED = ("time_s",)  # wall-clock: recorded, machine-dependent
 # Rows kept as the record of runs today's commands no longer make (before the comparison protocol
@@ -160,7 +162,7 @@ def _selected(row: dict, experiments: list[str] | None) -> bool:
 
 
 def folders(names: list[str]) -> list[str]:
-    """Results folders for `--experiment`: a figure's name (`python -m experiments.registry
+    """Results folders for `--experiment`: a figure's name (`python -m experiments.core.registry
     --names`) stands for the folders its runs write, ``regularization`` for ``regularization_lm``
     and ``regularization_mlp``; any other name is a folder itself."""
     out = []
@@ -199,7 +201,8 @@ def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
           file: Path | None = None) -> int:
     reference = read(file or path(profile))
     if not reference:
-        print(f"{file or path(profile)}: no reference rows; run `python -m experiments.reference update`")
+        print(f"{file or path(profile)}: no reference rows; run `python -m experiments.reporting.reference "
+              f"update`")
         return 1
     known = sorted({r["experiment"].partition("/")[0] for r in reference})
     empty = [e for e in experiments or [] if not any(_selected(r, [e]) for r in reference)]
@@ -280,6 +283,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from experiments import errors
+    from experiments.core import errors
 
     errors.cli(main)

@@ -15,7 +15,7 @@ schedule step and gradient clipping per minibatch). Both run `fit`, a plain trai
 and are cached (`cached`) under ``results/<profile>/<experiment>/pretrained/<prefix><hash>.pt``,
 the hash of everything that determines the weights (`cache_path`), with a SHA-256 that is checked
 on every read, or taken from the networks shipped in ``experiments/pretrained/``: see
-`experiments.pretrained_cache`, which keeps the cache apart from this module because the cache keys
+`experiments.datasets.pretrained_cache`, which keeps the cache apart from this module because the cache keys
 hash this module's source (the code that produces the weights).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from experiments.pretrained_cache import cache_path, cached, share_caches  # noqa: F401 (the cache's names here)
+from experiments.datasets.pretrained_cache import cache_path, cached, share_caches  # noqa: F401 (the cache's names here)
 
 SCHEDULE_EVERY = ("epoch", "step")
 

@@ -1,4 +1,4 @@
-"""W&B for one run (optional: the CSV that `experiments.runlog` writes is the record), and the
+"""W&B for one run (optional: the CSV that `experiments.core.runlog` writes is the record), and the
 one line per evaluation printed when stdout is not a terminal.
 
 A run's W&B fields say where it belongs on a dashboard:
@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from experiments.config import RunConfig
+from experiments.core.config import RunConfig
 
 # metric -> the summary W&B keeps besides the last value ("max": the best accuracy, "min": the best loss)
 HEADLINE = {"test_accuracy": "max", "clean_accuracy": "max", "val_loss": "min"}
