@@ -39,6 +39,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments.core.registry import imported_names, module_name, reachable
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = tuple(p for p in ("experiments", "figures", "multirate", "benchmarks") if (ROOT / p).is_dir())
 
@@ -64,37 +66,21 @@ INTEGRATION_FRAMEWORKS = {"huggingface": {"transformers", "accelerate"}, "lightn
 
 # ----------------------------------------------------------------------------- reading the imports
 
-def module_name(path: Path, root: Path = ROOT) -> str:
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
     return {module_name(p, root): p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))}
-
-
-def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
-    """The absolute module names one import statement names (``from a import b``: a and a.b)."""
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    base = node.module or ""
-    if node.level:
-        package = module if is_package else module.rpartition(".")[0]
-        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-        base = ".".join([*anchor, *([base] if base else [])])
-    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
 
 
 def imports(path: Path, module: str) -> list[tuple[str, ast.AST, bool]]:
     """(imported name, the import statement, whether it is inside a function) for each import."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
 
     def visit(node, in_function):
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, (ast.Import, ast.ImportFrom)):
-                names = _imported(child, module, is_package=path.name == "__init__.py")
+                names = imported_names(child, package)
                 found.extend((name, child, inside) for name in names)
             visit(child, inside)
 
@@ -131,18 +117,6 @@ def cycles(arrows: dict[str, set[str]]) -> list[list[str]]:
         if module not in state:
             visit(module, [])
     return found
-
-
-def reachable(arrows: dict[str, set[str]], start: str) -> dict[str, list[str]]:
-    """Every module `start` reaches, with one chain of imports to it."""
-    chains, todo = {}, [[start]]
-    while todo:
-        chain = todo.pop()
-        for nxt in sorted(arrows.get(chain[-1], ())):
-            if nxt not in chains and nxt != start:
-                chains[nxt] = [*chain, nxt]
-                todo.append(chains[nxt])
-    return chains
 
 
 def layer_of(module: str) -> str | None:

@@ -69,7 +69,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,9 +369,22 @@ def run(name: str, profile: str = "quick", seeds: str | None = None, overrides: 
 
 # ----------------------------------------------------------------------------- the import graph
 
-def _module_name(path: Path, root: Path) -> str:
+def module_name(path: Path, root: Path) -> str:
+    """experiments/core/runner.py -> experiments.core.runner (a package's __init__: the package)."""
     parts_ = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts_[:-1] if parts_[-1] == "__init__" else parts_)
+
+
+def imported_names(node: ast.Import | ast.ImportFrom, package: str) -> list[str]:
+    """The absolute module names one import statement names, relative ones resolved against
+    `package` (``from pkg import b``: pkg and pkg.b, since b may be a module)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join([*anchor, *([base] if base else [])])
+    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
 
 
 def imports(path: Path, module: str) -> set[str]:
@@ -381,15 +394,8 @@ def imports(path: Path, module: str) -> set[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, *([base] if base else [])])
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update(imported_names(node, package))
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and node.func.attr == "import_module" and node.args
               and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
@@ -400,12 +406,12 @@ def imports(path: Path, module: str) -> set[str]:
 def import_graph(root: Path = ROOT, packages: tuple[str, ...] = FIRST_PARTY
                  ) -> dict[str, set[str]]:
     """module -> the modules of `packages` it imports (first-party arrows only)."""
-    files = {_module_name(p, root): p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))}
+    files = {module_name(p, root): p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))}
     return {module: {m for m in imports(path, module) if m in files and m != module}
             for module, path in files.items()}
 
 
-def _closure(graph: dict[str, set[str]], start: str, stop: set[str]) -> dict[str, list[str]]:
+def reachable(graph: dict[str, set[str]], start: str, stop: Collection[str] = ()) -> dict[str, list[str]]:
     """Modules reachable from `start`, each with one import chain; the search does not go through
     modules in `stop` (an arrow into one is reported, and its own imports are its own problem)."""
     chains, todo = {}, [[start]]
@@ -429,7 +435,7 @@ def import_violations(root: Path = ROOT, entry_points: list[str] | None = None) 
               if m.startswith("experiments")}
     problems = []
     for module in sorted(inside):
-        for other, chain in sorted(_closure(inside, module, entry).items()):
+        for other, chain in sorted(reachable(inside, module, entry).items()):
             if other in entry:
                 problems.append(f"{module} imports the experiment {other} ({' -> '.join(chain)}): "
                                 f"shared code belongs in a module of its own, experiments are found by "
