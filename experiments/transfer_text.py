@@ -322,6 +322,8 @@ class TextTransfer(runner.Task):
     def __init__(self, cfg: TextTransferConfig | None = None):
         super().__init__(cfg)
         self.test: tuple[Tensor, ...] | None = None
+        # (start, batches): the evaluation batches through the frozen leading stages (`_eval_batches`)
+        self._frozen_features: tuple[int, list[tuple[Tensor, Tensor]]] | None = None
 
     def _data(self, cfg: TextTransferConfig) -> dict[str, tuple[Tensor, ...]]:
         if cfg.dataset == "sst2":
@@ -363,13 +365,71 @@ class TextTransfer(runner.Task):
         return F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, y)
 
     def evaluate(self, model: nn.Module, device) -> dict[str, float]:
-        ids, mask, y = self.test
+        y = self.test[-1]
+        start, batches = self._eval_batches(model)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        for start in range(0, len(y), self.cfg.eval_batch_size):
-            rows = slice(start, start + self.cfg.eval_batch_size)
-            logits = model(input_ids=(t := trim(ids[rows], mask[rows]))[0], attention_mask=t[1]).logits
-            correct += (logits.argmax(-1) == y[rows]).sum()
+        for (hidden, mask), rows in zip(batches, range(0, len(y), self.cfg.eval_batch_size)):
+            logits = forward_from(model, start, hidden, mask)
+            correct += (logits.argmax(-1) == y[rows:rows + self.cfg.eval_batch_size]).sum()
         return {"test_accuracy": 100.0 * correct.item() / len(y)}
+
+    def _eval_batches(self, model: nn.Module) -> tuple[int, list[tuple[Tensor, Tensor]]]:
+        """(start, batches): each evaluation batch (its padding trimmed) as the input of the
+        model's stage `start` (`stages`) and its attention mask. The stages before `start` cannot
+        change in training; their output is computed once a run, then reused. The same operations
+        on the same batches as the whole forward, so the same bits."""
+        ids, mask, _ = self.test
+        batches = [trim(ids[i:i + self.cfg.eval_batch_size], mask[i:i + self.cfg.eval_batch_size])
+                   for i in range(0, len(ids), self.cfg.eval_batch_size)]
+        start = frozen_stages(model)
+        if not start:
+            return 0, batches
+        if self._frozen_features is None or self._frozen_features[0] != start:
+            self._frozen_features = (start, [run_stages(model, 0, start, *batch) for batch in batches])
+        return self._frozen_features
+
+
+# The model as a sequence of stages: the embeddings (with the attention mask as the blocks take it),
+# then each transformer block; the head after them. The operations of
+# DistilBertForSequenceClassification.forward (transformers 5), in its order
+# (tests/test_transfer_text.py compares the logits bit for bit).
+
+def stages(model: nn.Module) -> list[nn.Module]:
+    return [model.distilbert.embeddings, *model.distilbert.transformer.layer]
+
+
+def frozen_stages(model: nn.Module) -> int:
+    """How many leading stages have no trained parameter (no dropout acts in evaluation)."""
+    count = 0
+    for stage in stages(model):
+        if any(p.requires_grad for p in stage.parameters()):
+            break
+        count += 1
+    return count
+
+
+def run_stages(model: nn.Module, begin: int, end: int, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Stages [begin, end) on x: token ids and their 0/1 mask at stage 0, else hidden states and
+    the blocks' attention mask. Returns the same pair after them."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    for i in range(begin, end):
+        if i == 0:
+            x = model.distilbert.embeddings(x)
+            mask = create_bidirectional_mask(config=model.distilbert.config, inputs_embeds=x,
+                                             attention_mask=mask)
+        else:
+            x = stages(model)[i](x, mask)
+    return x, mask
+
+
+def forward_from(model: nn.Module, start: int, x: Tensor, mask: Tensor) -> Tensor:
+    """The logits, from the input of stage `start` (`run_stages`)."""
+    if not start:
+        return model(input_ids=x, attention_mask=mask).logits
+    hidden, _ = run_stages(model, start, len(stages(model)), x, mask)
+    pooled = model.dropout(F.relu(model.pre_classifier(hidden[:, 0])))
+    return model.classifier(pooled)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

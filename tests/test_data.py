@@ -634,3 +634,38 @@ def test_data_root(tmp_path, monkeypatch):
     monkeypatch.delenv("MULTIRATE_DATA")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert data.data_root() == tmp_path / "home" / ".cache" / "multirate-data"
+
+
+# ----------------------------------------------------------------------------- generated data sets
+
+def test_generated_once_makes_each_data_set_once_and_hands_out_copies():
+    calls = []
+
+    @data.generated_once
+    def make(n: int, seed: int):
+        calls.append((n, seed))
+        g = torch.Generator().manual_seed(seed)
+        return {"train": (torch.rand(n, generator=g), [torch.arange(n)]), "name": "toy"}
+
+    first = make(4, 0)
+    first["train"][0].add_(1)  # a caller changing its tensors in place ...
+    first["train"][1][0].zero_()
+    second = make(4, 0)  # ... does not change what the next caller gets
+    assert calls == [(4, 0)]
+    assert torch.equal(second["train"][0], torch.rand(4, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(second["train"][1][0], torch.arange(4)) and second["name"] == "toy"
+    make(4, 1)
+    assert calls == [(4, 0), (4, 1)]
+
+
+def test_the_generated_target_tasks_are_made_once_a_process():
+    from experiments.datasets import synthetic_images, synthetic_text
+
+    images, text = synthetic_images.target_task, synthetic_text.target_task
+    for make, args in ((images, (20, 3)), (text, (8, 4, 1, 16))):
+        make.cache_clear()
+        first, again = make(*args), make(*args)
+        assert (make.cache_info().misses, make.cache_info().hits) == (1, 1)
+        tensors = [list(v) for v in (first, again)] if make is images else [
+            [t for split in v.values() for t in split] for v in (first, again)]
+        assert all(torch.equal(a, b) and a is not b for a, b in zip(*tensors))

@@ -260,10 +260,13 @@ def test_frozen_stages_keep_their_statistics(tmp_path):
 
 @pytest.mark.parametrize("method,frozen", [("train_all", 0), ("multirate", 0), ("layer2+3+4+fc", 2),
                                            ("layer4+fc", 4), ("fc", 5)])
-def test_evaluation_reuses_the_frozen_stages_with_the_same_bits(tmp_path, method, frozen):
-    # The test set through the frozen leading stages is computed once a run; every evaluation must
-    # still equal the whole forward bit for bit, after the trained stages have moved.
-    cfg = quick_cfg(tmp_path, method, "pretrained=false", "target_test=40", "eval_batch_size=16")
+@pytest.mark.parametrize("eval_chunk", [0, 6])
+def test_evaluation_reuses_the_frozen_stages_with_the_same_bits(tmp_path, method, frozen, eval_chunk):
+    # The test set through the frozen leading stages is computed once a run, in chunks of
+    # eval_chunk images; every evaluation must still equal the whole forward of each evaluation
+    # batch bit for bit, after the trained stages have moved.
+    cfg = quick_cfg(tmp_path, method, "pretrained=false", "target_test=40", "eval_batch_size=16",
+                    f"eval_chunk={eval_chunk}")
     task = TransferTask(cfg)
     net = task.build_model()
     apply_train(net, cfg.train)
@@ -284,6 +287,8 @@ def test_evaluation_reuses_the_frozen_stages_with_the_same_bits(tmp_path, method
             staged = task.evaluate(net, torch.device("cpu"))
             assert staged == whole_forward()
             assert task._frozen_features is None if not frozen else task._frozen_features[0] == frozen
+            chunks = [len(c) for c in task._eval_batches(net, task._test[0])[1]]
+            assert chunks == ([3, 3, 2] if eval_chunk else [1, 1, 1])  # 16, 16, 8 images, equal chunks
             for p in net.parameters():  # what training does to the trained stages
                 if p.requires_grad:
                     p.add_(0.1)

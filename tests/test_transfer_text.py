@@ -330,3 +330,31 @@ def test_quick_profile_end_to_end(tmp_path):
     scratch = T.main(["--method", "distilbert_train_all", "--seeds", "0", "init=scratch", *small])
     assert final["distilbert_train_all"] > scratch[0]["rows"][-1]["value"] + 10
     assert final["distilbert_multirate"] > 70
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@pytest.mark.parametrize("method,frozen", [("distilbert_train_all", 0), ("distilbert_multirate", 0),
+                                           ("distilbert_train_345", 4), ("distilbert_train_5", 6),
+                                           ("distilbert_head_only", 7)])
+def test_evaluation_reuses_the_frozen_stages_with_the_same_bits(tmp_path, method, frozen):
+    # The test batches through the frozen embeddings and blocks are computed once a run; the logits
+    # must still equal the whole model's bit for bit, after the trained parameters have moved.
+    cfg = quick_cfg(tmp_path, method, "init=scratch", "eval_batch_size=7")
+    task = T.TextTransfer(cfg)
+    task.train_tensors(torch.device("cpu"))
+    model = task.build_model()
+    apply_train(model, cfg.train)
+    assert T.frozen_stages(model) == frozen
+    model.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            start, batches = task._eval_batches(model)
+            ids, mask, _ = task.test
+            for (x, m), i in zip(batches, range(0, len(ids), 7)):
+                whole = model(*T.trim(ids[i:i + 7], mask[i:i + 7])).logits
+                assert torch.equal(T.forward_from(model, start, x, m), whole)
+            assert task._frozen_features is None if not frozen else task._frozen_features[0] == frozen
+            for p in model.parameters():  # what training does to the trained parameters
+                if p.requires_grad:
+                    p.add_(0.1)

@@ -49,8 +49,9 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 MAX_SEED = 2**32 - 1  # seeds (`seed`, `seeds`, `*_seed`) are in [0, MAX_SEED]: what every generator takes
 
 # Fields that do not change what is computed, so they stay out of the run hash:
-# moving the results folder or switching W&B on must still find the same run.
-NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "rerun", "variant")
+# moving the results folder, switching W&B on or evaluating in chunks must still find the same run.
+NOT_HASHED = ("results_dir", "device", "wandb", "wandb_project", "checkpoint", "rerun", "variant",
+              "eval_chunk")
 # Fields added after runs were recorded: left out of the hash while at their default, so that
 # those runs keep their names (and are not trained again).
 HASHED_IF_CHANGED = ("nesterov", "betas", "eps", "threads", "deterministic", "amp", "channels_last",

@@ -27,6 +27,7 @@ are honoured; without it, or when the hub cannot serve it, GLUE's zip is read (`
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import http.client
@@ -41,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -532,3 +533,31 @@ def holdout_split(n: int, fraction: float) -> tuple[Tensor, Tensor]:
                          "to train on")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
     return order[held:].sort().values, order[:held].sort().values
+
+
+# ----------------------------------------------------------------------------- generated data sets
+
+def generated_once(make: Callable) -> Callable:
+    """`make`, a generator of a synthetic data set (deterministic in its arguments), computed once
+    per arguments in a process; every call gets its own copies of the tensors, so a caller may
+    change them. The runs of a figure share one process and ask for the same data set (a run's seed
+    does not change it), which they generated again each time before."""
+    cached = functools.lru_cache(maxsize=8)(make)
+
+    @functools.wraps(make)
+    def copies(*args, **kwargs):
+        return _copied(cached(*args, **kwargs))
+
+    copies.cache_clear, copies.cache_info = cached.cache_clear, cached.cache_info
+    return copies
+
+
+def _copied(value):
+    """`value` with every tensor in it (in tuples, lists and dicts) cloned."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copied(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value

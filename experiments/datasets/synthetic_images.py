@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from experiments.datasets.data import generated_once
+
 GENERATOR_VERSION = 3  # bump when the image generator changes: it is part of the pretraining key
 
 N_SHAPES, N_TEXTURES, N_COLOURS = 8, 6, 6
@@ -127,6 +129,7 @@ def source_task(n: int, seed: int, size: int = 16, world_seed: int = 0) -> tuple
     return render(y // (2 * N_TEXTURES), (y // 2) % N_TEXTURES, colours, size, g, world_seed), y
 
 
+@generated_once
 def target_task(n: int, seed: int, size: int = 16, world_seed: int = 0) -> tuple[Tensor, Tensor]:
     """The fine-tuning task: n images, label = index of (shape, colour) in TARGET_PAIRS (12 classes).
 

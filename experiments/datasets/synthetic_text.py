@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from experiments.datasets.data import generated_once
+
 # ============================================================================ the sentiment language
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -173,6 +175,7 @@ def encode(sentences: list[list[str]], max_length: int) -> tuple[Tensor, Tensor]
     return ids, (ids != PAD).long()
 
 
+@generated_once
 def target_task(n_train: int, n_test: int, seed: int, max_length: int) -> dict[str, tuple[Tensor, ...]]:
     """{"train", "test"}: (input_ids, attention_mask, labels) of the generated target task."""
     out = {}
