@@ -450,7 +450,7 @@ class TransferTask(runner.Task):
         correct, loss_sum = 0, 0.0
         start, batches = self._eval_batches(model, images)
         for chunks, yb in zip(batches, labels.split(cfg.eval_batch_size)):
-            logits = torch.cat([self._forward_from(model, start, x) for x in chunks])
+            logits = self._forward_chunks(model, start, chunks)
             correct += int((logits.argmax(1) == yb).sum())
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         return {"test_accuracy": 100.0 * correct / len(labels), "test_loss": loss_sum / len(labels)}
@@ -464,7 +464,8 @@ class TransferTask(runner.Task):
         # convolution kernel, with other bits, so no short remainder.
         batches = [xb.tensor_split(-(-len(xb) // (cfg.eval_chunk or len(xb))))
                    for xb in images.split(cfg.eval_batch_size)]
-        start = model.frozen_stages() if isinstance(model, SmallResNet) else 0
+        # The head is never precomputed: it runs on the whole batch (_forward_chunks).
+        start = min(model.frozen_stages(), len(model.stages()) - 1) if isinstance(model, SmallResNet) else 0
         if not start:
             return 0, [[self.prepare(x) for x in chunks] for chunks in batches]
         if self._frozen_features is None or self._frozen_features[0] != start:
@@ -480,12 +481,20 @@ class TransferTask(runner.Task):
         return self._frozen_features
 
     @staticmethod
-    def _forward_from(model: nn.Module, start: int, x: Tensor) -> Tensor:
-        if not start:
-            return model(x)
-        for _, stage in model.stages()[start:]:
-            x = stage(x)
-        return x
+    def _forward_chunks(model: nn.Module, start: int, chunks: list[Tensor]) -> Tensor:
+        """Logits of one evaluation batch given as chunks, after the model's first `start` stages.
+        A SmallResNet's head (pooling and the fc product) runs on the whole batch, as in the whole
+        forward: MKL's matrix product on Intel CPUs can round a row differently when the row count
+        differs (docs/determinism.md), the convolutions here do not (chunks of two or more)."""
+        if not isinstance(model, SmallResNet):
+            return torch.cat([model(x) for x in chunks])
+        *trunk, (_, head) = model.stages()
+        features = []
+        for x in chunks:
+            for _, stage in trunk[start:]:
+                x = stage(x)
+            features.append(x)
+        return head(torch.cat(features))
 
 
 # ----------------------------------------------------------------------------- entry point
