@@ -226,3 +226,34 @@ def test_an_unknown_profile_is_refused_in_one_line_and_nothing_is_written(comman
     (line,) = capsys.readouterr().err.splitlines()
     assert exit_.value.code == 2 and "--profile 'medium'" in line and "quick, cpu, paper" in line
     assert sorted(p.name for p in reference.FOLDER.iterdir()) == before and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("vendor_id,expected", [("GenuineIntel", "intel"), ("AuthenticAMD", "amd"),
+                                                ("HygonGenuine", "hygongenuine")])
+def test_cpu_vendor_reads_the_vendor_as_mkl_tells_them_apart(tmp_path, vendor_id, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor_id}\nflags\t\t: fpu avx2\n")
+    assert determinism.cpu_vendor(cpuinfo) == expected
+    assert determinism.cpu_vendor(tmp_path / "absent") == determinism.platform.machine().lower()
+
+
+@pytest.mark.parametrize("vendor", ["amd", "intel"])
+def test_each_vendors_slice_reference_holds_every_slice_run(vendor):
+    """Both vendors' slice references are recorded from the same slice.toml: a slice run added, or
+    one whose config (and so its name) changed, must be recorded for both."""
+    rows = reference.read(reference.slice_file(vendor))
+    other = reference.read(reference.slice_file("intel" if vendor == "amd" else "amd"))
+    runs = lambda rows: {(r["experiment"], r["run"]) for r in rows}  # noqa: E731
+    assert rows and runs(rows) == runs(other)
+    modules = {c[1].removeprefix("experiments.") for c in reference.slice_commands()}
+    folders = {r["experiment"] for r in rows}
+    assert folders == modules - {"transfer_text"}  # DistilBERT's run writes to the transfer folder
+
+
+def test_a_slice_on_a_cpu_vendor_with_no_reference_is_refused_before_any_run(monkeypatch):
+    from experiments.core.errors import UserError
+
+    monkeypatch.setattr(reference, "cpu_vendor", lambda: "hygongenuine")
+    monkeypatch.setattr(reference.subprocess, "run", lambda *a, **k: pytest.fail("a slice run started"))
+    with pytest.raises(UserError, match=r"slice-hygongenuine\.csv: no slice reference .* --update"):
+        reference.run_slice(None)

@@ -281,7 +281,13 @@ def test_the_shipped_networks_are_the_ones_the_quick_profile_needs_and_are_intac
 
 @pytest.mark.slow
 def test_make_pretrain_rebuilds_the_shipped_networks_to_the_bit():
-    """`make pretrain --check`: pretraining again gives the shipped weights, bit for bit (~4 min)."""
+    """`make pretrain --check`: pretraining again gives the shipped weights, bit for bit (~4 min), on
+    a CPU of the vendor they were built on (MKL rounds differently on the other)."""
+    from experiments.core import determinism
+
+    if pretrained_cache.built_on_vendor() != determinism.cpu_vendor():
+        pytest.skip(f"the shipped networks were built on {pretrained_cache.built_on_vendor()} CPUs, "
+                    f"this one is {determinism.cpu_vendor()}'s")
     done = subprocess.run([sys.executable, "-m", "experiments.datasets.pretrained_cache", "--check"],
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -313,4 +319,30 @@ def test_make_pretrain_compares_bits_and_keys_then_ships(tmp_path, shipped, monk
     assert pretrained_cache.main([]) == 0  # ships the new weights and their digest
     (entry,) = json.loads((shipped / "manifest.json").read_text())["files"]
     assert entry["sha256"] == sha256_bytes((shipped / "x.pt").read_bytes()) != sha256_bytes(shipped_bytes)
+    assert pretrained_cache.main(["--check"]) == 0
+
+
+def test_make_pretrain_ships_only_on_the_vendor_the_networks_were_built_on(tmp_path, shipped, monkeypatch,
+                                                                          capsys):
+    """Rebuilt on another vendor's CPU the networks differ in their bits: shipping them would change
+    every transfer run's starting point. Comparing (--check) is allowed; the manifest records the
+    vendor that built what it lists."""
+    from experiments.core import determinism
+    from experiments.core.errors import UserError
+
+    def networks(results_dir):
+        path = Path(results_dir) / "pretrained" / "x.pt"
+        weights = {"state_dict": {"w": torch.full((3,), 7.0)}}
+        return [("test", path, lambda: pretraining.cached(path, lambda: weights))]
+
+    monkeypatch.setattr(pretrained_cache, "_shipped_networks", networks)
+    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "amd")
+    assert pretrained_cache.main([]) == 0
+    assert json.loads((shipped / "manifest.json").read_text())["cpu_vendor"] == "amd"
+    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "intel")
+    before = (shipped / "manifest.json").read_bytes()
+    refusal = r"manifest.json: the shipped networks were built on amd CPUs and this one is intel's.*CHECK=1"
+    with pytest.raises(UserError, match=refusal):
+        pretrained_cache.main([])
+    assert (shipped / "manifest.json").read_bytes() == before
     assert pretrained_cache.main(["--check"]) == 0

@@ -23,14 +23,17 @@ What can move a CPU run's bits, and what pins it here:
   produce it: a hash of their modules' source files and the torch/torchvision versions, so code
   that would produce other bits never reuses an old cache.
 
-Within one architecture (x86-64, or separately ARM64) this gives the same bits for the same config,
-code and torch build; PyTorch promises no more across torch versions or between CPU and GPU.
+Within one CPU vendor's x86-64 machines (Intel, or the AMD EPYCs checked), or separately ARM64, this
+gives the same bits for the same config, code and torch build; Intel and AMD differ in MKL's kernels
+(`cpu_vendor`), so the CI slice has a reference per vendor. PyTorch promises no more across torch
+versions or between CPU and GPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 import platform
 from pathlib import Path
@@ -64,6 +67,27 @@ def has_avx2() -> bool:
         return False
 
 
+def cpu_vendor(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's maker as MKL tells them apart: ``intel``, ``amd``, another x86 vendor's id in lower
+    case, or the architecture (``aarch64``) where /proc/cpuinfo names none.
+
+    MKL picks its code path by vendor as well as by instruction set: ``MKL_CBWR=AVX2`` fixes the AVX2
+    path on every Intel CPU, while on other vendors' CPUs MKL takes its AUTO branch instead (MKL's
+    developer guide, "Getting Started with Conditional Numerical Reproducibility"). So a run's bits
+    are the same across Intel CPUs and across the AMD CPUs checked, but differ between the two
+    (docs/determinism.md, "Intel and AMD")."""
+    names = {"genuineintel": "intel", "authenticamd": "amd"}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    vendor = line.partition(":")[2].strip().lower()
+                    return names.get(vendor, vendor)
+    except OSError:
+        pass
+    return platform.machine().lower()
+
+
 def apply(cfg) -> None:
     """Set the run's thread count and deterministic-kernel mode (`cfg.threads`, `cfg.deterministic`)."""
     import torch  # not at the top: experiments/__init__ imports this module to pin the kernels first
@@ -81,7 +105,7 @@ def environment() -> dict[str, str | int | None]:
     import torch  # not at the top: experiments/__init__ imports this module to pin the kernels first
 
     return dict(torch=torch.__version__, threads=torch.get_num_threads(),
-                cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_vendor=cpu_vendor(),
                 **{k: os.environ.get(k) for k in X86_PINS})
 
 
@@ -102,3 +126,46 @@ def code_key(*objects) -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def kernel_fingerprints() -> dict[str, str | bool]:
+    """A short hash of each CPU kernel family's output on fixed inputs, one thread, under the pins in
+    force: two machines whose fingerprints agree run those kernels to the same bits. ``*_rows_equal``
+    says whether a product's rows (or a convolution's images) come out the same when computed in a
+    smaller batch, which chunked evaluation relies on (`experiments.transfer`)."""
+    import torch  # not at the top: experiments/__init__ imports this module to pin the kernels first
+    F = torch.nn.functional
+
+    torch.set_num_threads(1)
+
+    def fixed(*shape, seed=0, dtype=torch.float32):  # no RNG: the same inputs in every torch version
+        n = math.prod(shape)
+        v = ((torch.arange(n, dtype=torch.float64) * 7919 + seed * 104729) % 1009) / 1009 - 0.5
+        return v.reshape(shape).to(dtype)
+
+    def h(*tensors):
+        digest = hashlib.sha256()
+        for t in tensors:
+            digest.update(t.detach().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:12]
+
+    a, w = fixed(64, 256), fixed(100, 256, seed=1)
+    s = fixed(40, 40, seed=3, dtype=torch.float64)
+    x, k = fixed(16, 16, 16, 16, seed=4), fixed(32, 16, 3, 3, seed=5)
+    v = fixed(1000, 37, seed=6)
+    xg, kg = x.clone().requires_grad_(), k.clone().requires_grad_()
+    F.conv2d(xg, kg, padding=1).square().sum().backward()
+    conv = F.conv2d(x, k, padding=1)
+    return {
+        "mkl_sgemm": h(*(F.linear(a[:m], w) for m in (1, 3, 6, 64))),
+        "mkl_sgemm_rows_equal": all(torch.equal(F.linear(a[:m], w), F.linear(a, w)[:m]) for m in (3, 6, 16)),
+        "mkl_dgemm": h(a.double() @ a.double().T),
+        "mkl_lapack": h(*torch.linalg.qr(fixed(64, 32, seed=2, dtype=torch.float64)),
+                        torch.linalg.eigvalsh(s + s.T)),
+        "exp_log": h(v.exp().log_softmax(1)),
+        "aten_sum": h(v.sum(0), v.sum(1)),
+        "onednn_conv": h(conv, xg.grad, kg.grad),
+        "onednn_conv_rows_equal": all(torch.equal(F.conv2d(x[:n], k, padding=1), conv[:n])
+                                      for n in (2, 5, 8)),
+    }
+

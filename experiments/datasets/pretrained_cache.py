@@ -154,6 +154,14 @@ def shipped() -> dict[str, dict]:
     return {entry["file"]: entry for entry in entries}
 
 
+def built_on_vendor() -> str | None:
+    """The CPU vendor the shipped networks were built on (`determinism.cpu_vendor`), if recorded."""
+    try:
+        return json.loads(SHIPPED_MANIFEST.read_text()).get("cpu_vendor")
+    except FileNotFoundError:
+        return None
+
+
 def _shipped_bytes(name: str, log) -> bytes | None:
     """The bytes of the shipped network `name` if there is one and it has its manifest's SHA-256
     (a damaged one is reported and left unused)."""
@@ -249,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
                                      description=main.__doc__)
     parser.add_argument("--check", action="store_true", help="compare only; change nothing")
     args = parser.parse_args(argv)
+    built_on, vendor = built_on_vendor(), determinism.cpu_vendor()
+    if not args.check and built_on and built_on != vendor:
+        raise UserError(f"{SHIPPED_MANIFEST}: the shipped networks were built on {built_on} CPUs and this "
+                        f"one is {vendor}'s, where MKL rounds differently "
+                        f"(docs/determinism.md#intel-and-amd):"
+                        f" rebuilt here they would not be the reference's; compare only with `make pretrain "
+                        f"CHECK=1`")
     old_entries, new_entries, differs = shipped(), [], False
     with tempfile.TemporaryDirectory() as tmp, pretraining_forced():
         for what, path, build in _shipped_networks(Path(tmp)):
@@ -279,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             (SHIPPED_DIR / name).unlink(missing_ok=True)
         write_json(SHIPPED_MANIFEST, {"about": "the quick profile's pretrained networks, used when a run "
                                       "needs their key (experiments/datasets/pretrained_cache.py); rebuilt "
-                                      "and "
-                                      "compared by `make pretrain`", "files": new_entries})
+                                      "and compared by `make pretrain` on a CPU of the vendor they were "
+                                      "built on", "cpu_vendor": vendor, "files": new_entries})
         print(f"wrote {SHIPPED_MANIFEST}", flush=True)
     return 1 if args.check and differs else 0
 

@@ -6,6 +6,7 @@
         [--results-dir DIR]
                                            [--merge]
     python -m experiments.reporting.reference slice  [--results-dir DIR]   # rerun the CI slice and check it
+    python -m experiments.reporting.reference kernels    # this machine's kernels (docs/determinism.md)
 
 ``experiments/reference/<profile>.csv`` holds, for every complete run under ``results/<profile>/``
 (the ablations' ``results/ablations/<name>/<profile>/`` and the tuning trials'
@@ -24,7 +25,9 @@ profile's reference grows run by run: its figures take hours, and results/ need 
 
 ``slice`` is CI's reproduction check: the runs of ``experiments/reference/slice.toml`` (one method and
 seed per figure with a shortened, fixed config) into a fresh folder, then ``check`` against
-``experiments/reference/slice.csv``.
+``experiments/reference/slice-<vendor>.csv`` for this machine's CPU vendor (``intel``, ``amd``):
+MKL's kernels differ between the two (`experiments.core.determinism.cpu_vendor`), so each vendor's
+bits are recorded, and a change that moves a number updates both files.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import subprocess
 import sys
@@ -39,8 +43,9 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from experiments.core import registry
+from experiments.core import determinism, registry
 from experiments.core.config import PROFILES
+from experiments.core.determinism import cpu_vendor
 from experiments.core.errors import UserError
 from experiments.core.files import atomic_open
 from experiments.core.runlog import read_record, read_run
@@ -54,6 +59,9 @@ NOT_COMPARED = ("time_s",)  # wall-clock: recorded, machine-dependent
 ARCHIVED = ("before/", "design/")
 CURVE = "val_loss@epoch"  # + N: the validation loss after epoch N
 SKIP_DIRS = {"figures", "wandb", "slurm", "pretrained", "checkpoints", "sweeps"}
+# The CPU vendor each profile's reference was recorded on (MKL rounds differently on Intel and AMD,
+# docs/determinism.md): `check` on another vendor's machine says so before its mismatches.
+RECORDED_ON = {"quick": "amd"}
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -210,6 +218,11 @@ def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
         raise UserError(f"--experiment {','.join(empty)}: no such results folder in {file or path(profile)}; "
                         f"known: {', '.join(known)} (or a figure's name, e.g. regularization)")
     problems, notes = compare(reference, collect(results_dir, profile), experiments)
+    recorded_on = RECORDED_ON.get(profile) if file is None else None
+    if recorded_on and recorded_on != cpu_vendor():
+        notes.insert(0, f"note: {path(profile)} was recorded on {recorded_on} CPUs and this one is "
+                        f"{cpu_vendor()}'s: MKL rounds differently on the two, so values may differ in their "
+                        f"last bits (docs/determinism.md#intel-and-amd)")
     for line in notes:
         print(line)
     for line in problems:
@@ -244,7 +257,13 @@ def slice_commands() -> list[list[str]]:
 
 
 def run_slice(results_dir: str | Path | None, update_reference: bool = False) -> int:
-    """Run the CI slice into `results_dir` (a fresh temporary folder by default), then check it."""
+    """Run the CI slice into `results_dir` (a fresh temporary folder by default), then check it
+    against this CPU vendor's reference (or, with `update_reference`, record it there)."""
+    file = slice_file()
+    if not update_reference and not file.exists():
+        raise UserError(f"{file}: no slice reference for this machine's CPU vendor ({cpu_vendor()}); "
+                        f"record one on a clean checkout with `python -m experiments.reporting.reference "
+                        f"slice --update`")
     with tempfile.TemporaryDirectory(prefix="multirate-slice-") as tmp:
         root = Path(results_dir or tmp)
         for cmd in slice_commands():
@@ -253,25 +272,34 @@ def run_slice(results_dir: str | Path | None, update_reference: bool = False) ->
             if subprocess.run(full).returncode != 0:
                 print(f"slice run failed: {' '.join(full[1:])}")
                 return 1
-        file = FOLDER / "slice.csv"
         if update_reference:
             return update("quick", root, None, file)
         return check("quick", root, None, file)
 
 
+def slice_file(vendor: str | None = None) -> Path:
+    """The CI slice's reference for a CPU vendor (this machine's by default)."""
+    return FOLDER / f"slice-{vendor or cpu_vendor()}.csv"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Compare results with the committed reference, or update it.")
-    parser.add_argument("command", choices=("check", "update", "slice"))
+    parser.add_argument("command", choices=("check", "update", "slice", "kernels"))
     # Checked below, not by argparse: an unknown profile is one line naming it and the allowed ones
     # (argparse's choices would print its usage block too), and nothing is written.
     parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
     parser.add_argument("--experiment", default=None, help="comma-separated results folders (default: all)")
     parser.add_argument("--results-dir", default=None, help="default: results (slice: a temporary folder)")
-    parser.add_argument("--update", action="store_true", help="slice: rewrite slice.csv instead of checking")
+    parser.add_argument("--update", action="store_true",
+                        help="slice: rewrite this CPU vendor's slice-<vendor>.csv instead of checking")
     parser.add_argument("--merge", action="store_true",
                         help="update: keep the reference rows of runs that are not under the results folder")
     args = parser.parse_args(argv)
+    if args.command == "kernels":  # this machine's kernels on record (CI prints them beside the slice)
+        fingerprints = determinism.kernel_fingerprints()
+        print(json.dumps({**determinism.environment(), **fingerprints}, indent=1))
+        return 0
     if args.profile not in PROFILES:
         raise UserError(f"--profile {args.profile!r}: not a profile; one of {', '.join(PROFILES)}")
     experiments = folders([e.strip() for e in args.experiment.split(",")]) if args.experiment else None
