@@ -221,8 +221,8 @@ def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
     recorded_on = RECORDED_ON.get(profile) if file is None else None
     if recorded_on and recorded_on != cpu_vendor():
         notes.insert(0, f"note: {path(profile)} was recorded on {recorded_on} CPUs and this one is "
-                        f"{cpu_vendor()}'s: MKL rounds differently on the two, so values may differ in their "
-                        f"last bits (docs/determinism.md#intel-and-amd)")
+                        f"{cpu_vendor()}'s: MKL rounds differently on the two, and training can amplify it, "
+                        f"so values differ (docs/determinism.md#intel-and-amd)")
     for line in notes:
         print(line)
     for line in problems:
