@@ -114,3 +114,15 @@ def test_the_report_says_which_runs_it_left_out_and_why(tmp_path):
     # ... and the claims table says which seeds its values come from, and why the others are missing.
     assert "(2 of 3 seeds; small_lr seed 1 diverged at epoch 2)" in text
     assert "Left out" not in report.report(tmp_path / "nothing", "quick")
+
+
+def test_the_report_reads_a_results_folder_with_the_convergence_check_in_it(tmp_path):
+    """`make figures` ends with the report after `make convergence`, whose folder holds a table and
+    its config (convergence.json), not run records: the report failed there, calling it damaged."""
+    from experiments import convergence
+
+    convergence.main(["steps=20", "seeds=0", "ks=2", f"results_dir={tmp_path}", "wandb=disabled"])
+    assert (tmp_path / "quick" / "convergence" / "convergence.json").exists()
+    patch_run(tmp_path, "small_lr", 0, 70.0)
+    text = report.report(tmp_path, "quick")
+    assert "| small_lr | clean_accuracy | 1 |" in text

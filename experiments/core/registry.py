@@ -97,6 +97,7 @@ class Part:
     plan: bool = True  # in the cost plan (`benchmarks.plan all`): a training run to time
     methods: tuple[str, ...] = ()  # the methods the figure draws, costliest first; (): every method
     shared: bool = True  # processes side by side can share its runs (--skip-running); False: one run
+    run_records: bool = True  # a JSON record and a CSV per run; False: one table (the convergence check)
 
     @property
     def name(self) -> str:
@@ -231,7 +232,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         ablations={"subgroups": "experiments.ablations:SUBGROUPS",
                    "zeroing": "experiments.ablations:ZEROING"}),
     Experiment("convergence",
-               (Part("experiments.convergence", "convergence.toml", plan=False, shared=False),),
+               (Part("experiments.convergence", "convergence.toml", plan=False, shared=False,
+                     run_records=False),),
                "figures.convergence", "experiments.reporting.report:convergence_section", "Convergence check",
                tables={"convergence": "experiments.reporting.readme_tables:convergence_table"}),
 )}
