@@ -264,6 +264,8 @@ def run_slice(results_dir: str | Path | None, update_reference: bool = False) ->
         raise UserError(f"{file}: no slice reference for this machine's CPU vendor ({cpu_vendor()}); "
                         f"record one on a clean checkout with `python -m experiments.reporting.reference "
                         f"slice --update`")
+    print(f"slice reference for this CPU vendor ({cpu_vendor()}): {file.relative_to(FOLDER.parents[1])}",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="multirate-slice-") as tmp:
         root = Path(results_dir or tmp)
         for cmd in slice_commands():
