@@ -83,6 +83,9 @@ def worker(rank, store, out, results_dir):
         result = run(make_cfg(results_dir, epochs=2, **MULTIRATE), Blobs2())
         torch.save(dict(iterates=iterates, steps=steps, world=world(), status=result["status"],
                         state=result["model"].state_dict(), rows=result["rows"]), f"{out}/rank{rank}.pt")
+        # The ranks leave together: a rank that tore its process group down while the other was still
+        # in it once aborted the other in CI ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.all_reduce = all_reduce
         dist.destroy_process_group()
