@@ -268,3 +268,18 @@ def test_a_check_on_another_vendor_than_the_references_says_so_first(tmp_path, m
     monkeypatch.setattr(reference, "cpu_vendor", lambda: "amd")
     reference.check("quick", tmp_path, ["convergence"])
     assert "note: " not in capsys.readouterr().out
+
+
+def test_kernel_fingerprints_are_short_hashes_that_repeat_in_one_process():
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        first, second = determinism.kernel_fingerprints(), determinism.kernel_fingerprints()
+    finally:
+        torch.set_num_threads(threads)
+    assert first == second
+    hashes = {k: v for k, v in first.items() if not k.endswith("_rows_equal")}
+    assert set(hashes) == {"mkl_sgemm", "mkl_dgemm", "mkl_lapack", "exp_log", "aten_sum", "onednn_conv"}
+    assert all(len(v) == 12 and int(v, 16) >= 0 for v in hashes.values())
+    assert all(isinstance(first[k], bool) for k in ("mkl_sgemm_rows_equal", "onednn_conv_rows_equal"))
