@@ -253,19 +253,19 @@ def test_each_vendors_slice_reference_holds_every_slice_run(vendor):
 def test_a_slice_on_a_cpu_vendor_with_no_reference_is_refused_before_any_run(monkeypatch):
     from experiments.core.errors import UserError
 
-    monkeypatch.setattr(reference, "cpu_vendor", lambda: "hygongenuine")
+    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "hygongenuine")
     monkeypatch.setattr(reference.subprocess, "run", lambda *a, **k: pytest.fail("a slice run started"))
     with pytest.raises(UserError, match=r"slice-hygongenuine\.csv: no slice reference .* --update"):
         reference.run_slice(None)
 
 
 def test_a_check_on_another_vendor_than_the_references_says_so_first(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(reference, "cpu_vendor", lambda: "intel")
+    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "intel")
     assert reference.RECORDED_ON["quick"] == "amd"
     reference.check("quick", tmp_path, ["convergence"])
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("note: ") and "recorded on amd CPUs and this one is intel's" in first
-    monkeypatch.setattr(reference, "cpu_vendor", lambda: "amd")
+    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "amd")
     reference.check("quick", tmp_path, ["convergence"])
     assert "note: " not in capsys.readouterr().out
 

@@ -148,6 +148,11 @@ class Experiment:
         if not self.parts:
             raise ValueError(f"experiment {self.name!r}: needs at least one Part")
 
+    @property
+    def run_folders(self) -> list[str]:
+        """The results folders of its parts that hold run records, each once, in part order."""
+        return list(dict.fromkeys(part.results_folder for part in self.parts if part.run_records))
+
 
 # The paper: T. Vlaar and B. Leimkuhler, "Multirate Training of Neural Networks", ICML 2022 (PMLR 162;
 # arXiv 2106.10771). Its numbers below are read off its figures (marked ~ in the text: about ±0.5

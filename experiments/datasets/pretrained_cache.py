@@ -145,21 +145,22 @@ def check_hub_weights(path: str | Path) -> None:
                         "delete it, and it is downloaded again on the next run")
 
 
-def shipped() -> dict[str, dict]:
-    """The shipped networks' manifest entries by file name (empty if there is no manifest)."""
+def _manifest() -> dict:
+    """The shipped networks' manifest (empty if there is none)."""
     try:
-        entries = json.loads(SHIPPED_MANIFEST.read_text())["files"]
+        return json.loads(SHIPPED_MANIFEST.read_text())
     except FileNotFoundError:
         return {}
-    return {entry["file"]: entry for entry in entries}
+
+
+def shipped() -> dict[str, dict]:
+    """The shipped networks' manifest entries by file name (empty if there is no manifest)."""
+    return {entry["file"]: entry for entry in _manifest().get("files", [])}
 
 
 def built_on_vendor() -> str | None:
     """The CPU vendor the shipped networks were built on (`determinism.cpu_vendor`), if recorded."""
-    try:
-        return json.loads(SHIPPED_MANIFEST.read_text()).get("cpu_vendor")
-    except FileNotFoundError:
-        return None
+    return _manifest().get("cpu_vendor")
 
 
 def _shipped_bytes(name: str, log) -> bytes | None:

@@ -45,7 +45,6 @@ from pathlib import Path
 
 from experiments.core import determinism, registry
 from experiments.core.config import PROFILES
-from experiments.core.determinism import cpu_vendor
 from experiments.core.errors import UserError
 from experiments.core.files import atomic_open
 from experiments.core.runlog import read_record, read_run
@@ -219,9 +218,10 @@ def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
                         f"known: {', '.join(known)} (or a figure's name, e.g. regularization)")
     problems, notes = compare(reference, collect(results_dir, profile), experiments)
     recorded_on = RECORDED_ON.get(profile) if file is None else None
-    if recorded_on and recorded_on != cpu_vendor():
+    vendor = determinism.cpu_vendor()
+    if recorded_on and recorded_on != vendor:
         notes.insert(0, f"note: {path(profile)} was recorded on {recorded_on} CPUs and this one is "
-                        f"{cpu_vendor()}'s: MKL rounds differently on the two, and training can amplify it, "
+                        f"{vendor}'s: MKL rounds differently on the two, and training can amplify it, "
                         f"so values differ (docs/determinism.md#intel-and-amd)")
     for line in notes:
         print(line)
@@ -259,12 +259,13 @@ def slice_commands() -> list[list[str]]:
 def run_slice(results_dir: str | Path | None, update_reference: bool = False) -> int:
     """Run the CI slice into `results_dir` (a fresh temporary folder by default), then check it
     against this CPU vendor's reference (or, with `update_reference`, record it there)."""
-    file = slice_file()
+    vendor = determinism.cpu_vendor()
+    file = slice_file(vendor)
     if not update_reference and not file.exists():
-        raise UserError(f"{file}: no slice reference for this machine's CPU vendor ({cpu_vendor()}); "
+        raise UserError(f"{file}: no slice reference for this machine's CPU vendor ({vendor}); "
                         f"record one on a clean checkout with `python -m experiments.reporting.reference "
                         f"slice --update`")
-    print(f"slice reference for this CPU vendor ({cpu_vendor()}): {file.relative_to(FOLDER.parents[1])}",
+    print(f"slice reference for this CPU vendor ({vendor}): {file.relative_to(FOLDER.parents[1])}",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="multirate-slice-") as tmp:
         root = Path(results_dir or tmp)
@@ -281,7 +282,7 @@ def run_slice(results_dir: str | Path | None, update_reference: bool = False) ->
 
 def slice_file(vendor: str | None = None) -> Path:
     """The CI slice's reference for a CPU vendor (this machine's by default)."""
-    return FOLDER / f"slice-{vendor or cpu_vendor()}.csv"
+    return FOLDER / f"slice-{vendor or determinism.cpu_vendor()}.csv"
 
 
 def main(argv: list[str] | None = None) -> int:

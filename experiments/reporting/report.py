@@ -221,8 +221,7 @@ def section(experiment: registry.Experiment, root: Path) -> str:
     then the runs of its folders that it left out, and why."""
     own = registry.resolve(experiment.report) if experiment.report else None
     text = own(root) if own else generic_section(experiment, root)
-    folders = [part.results_folder for part in experiment.parts if part.run_records]
-    return text + left_out_note(root, list(dict.fromkeys(folders)))
+    return text + left_out_note(root, experiment.run_folders)
 
 
 def left_out_note(root: Path, folders: list[str]) -> str:
@@ -282,8 +281,7 @@ def claims_section(results_dir: Path, profile: str) -> str:
     (experiments/reporting/claims.py), from the complete runs under results/<profile>, and the seeds it left
     out and why."""
     runs = Runs(collect(results_dir, profile))
-    folders = {part.results_folder for e in registry.EXPERIMENTS.values() for part in e.parts
-               if part.run_records}
+    folders = {folder for e in registry.EXPERIMENTS.values() for folder in e.run_folders}
     left = {folder: left_out.runs(results_dir / profile / folder) for folder in sorted(folders)}
     return ("## The paper's claims\n\n" + claims.table({profile: runs}, missing="—", left_out={profile: left})
             + "\n### Sensitivity of each verdict (held-out trials of the comparison protocol)\n\n"
