@@ -80,7 +80,7 @@ ablations: setup  ## ablation grids (k, drift, fast part, random subgroups) and 
 	wait $$a && test $$b -eq 0
 	$(PY) -m figures.ablations --profile $(PROFILE)
 
-reference-check: setup  ## compare results/$(PROFILE) with experiments/reference/$(PROFILE).csv (bit-exact)
+reference-check: setup  ## compare results/$(PROFILE) with experiments/reference/$(PROFILE).csv, or its file for this CPU vendor (bit-exact)
 	$(PY) -m experiments.reporting.reference check --profile $(PROFILE)
 
 readme-tables: setup  ## regenerate README.md's result tables from the committed references

@@ -259,15 +259,40 @@ def test_a_slice_on_a_cpu_vendor_with_no_reference_is_refused_before_any_run(mon
         reference.run_slice(None)
 
 
-def test_a_check_on_another_vendor_than_the_references_says_so_first(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "intel")
+def test_each_vendor_checks_and_updates_its_own_quick_reference(tmp_path, monkeypatch, capsys):
     assert reference.RECORDED_ON["quick"] == "amd"
+    assert reference.vendor_path("quick", "amd") == reference.path("quick")
+    assert reference.vendor_path("quick", "intel").name == "quick-intel.csv"
+    assert reference.vendor_path("cpu", "intel") == reference.path("cpu")  # no vendor on record
+    intel_file = "reference for this CPU vendor (intel): experiments/reference/quick-intel.csv"
+    for vendor, first_line in [("amd", "missing  convergence/"), ("intel", intel_file)]:
+        monkeypatch.setattr(determinism, "cpu_vendor", lambda vendor=vendor: vendor)
+        reference.check("quick", tmp_path, ["convergence"])  # no results: every row missing
+        assert capsys.readouterr().out.splitlines()[0].startswith(first_line)
+    # `update` on an Intel machine writes Intel's file, never the published one
+    monkeypatch.setattr(reference, "FOLDER", tmp_path / "reference")
+    (tmp_path / "reference").mkdir()
+    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "intel")
+    reference.update("quick", tmp_path / "results", None)
+    assert [p.name for p in (tmp_path / "reference").iterdir()] == ["quick-intel.csv"]
+
+
+def test_a_check_on_a_vendor_with_no_reference_of_its_own_says_so_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "hygongenuine")
     reference.check("quick", tmp_path, ["convergence"])
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("note: ") and "recorded on amd CPUs and this one is intel's" in first
-    monkeypatch.setattr(determinism, "cpu_vendor", lambda: "amd")
-    reference.check("quick", tmp_path, ["convergence"])
-    assert "note: " not in capsys.readouterr().out
+    assert first.startswith("note: ") and "recorded on amd CPUs and this one is hygongenuine's" in first
+    assert "no quick-hygongenuine.csv" in first
+
+
+def test_the_intel_quick_reference_holds_the_published_references_runs():
+    """A vendor's quick reference records the same runs as the published one (archived rows aside):
+    a change that moves a number, or renames a run, is recorded on both vendors."""
+    keys = lambda rows: {(r["experiment"], r["run"], r["metric"]) for r in rows  # noqa: E731
+                         if not r["experiment"].startswith(reference.ARCHIVED)}
+    published = reference.read(reference.path("quick"))
+    intel = reference.read(reference.vendor_path("quick", "intel"))
+    assert intel and keys(intel) == keys(published)
 
 
 def test_kernel_fingerprints_are_short_hashes_that_repeat_in_one_process():

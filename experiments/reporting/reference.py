@@ -23,6 +23,13 @@ It exits 1 on any mismatch or missing row. ``update`` rewrites the selected expe
 with ``--merge`` it only adds or replaces the runs that are under ``results/`` (how the ``cpu``
 profile's reference grows run by run: its figures take hours, and results/ need not keep them all).
 
+MKL runs other kernels on Intel CPUs than on AMD ones (`experiments.core.determinism.cpu_vendor`),
+so a profile's bits are recorded per vendor: ``<profile>.csv`` is the published reference (its
+vendor in `RECORDED_ON`; the claims, README and docs read it), and ``<profile>-<vendor>.csv`` holds
+the same runs' values as another vendor's machines compute them. ``check`` and ``update`` use the
+file of this machine's vendor (`vendor_path`); a vendor with no file of its own checks against the
+published one and is told first that values will differ.
+
 ``slice`` is CI's reproduction check: the runs of ``experiments/reference/slice.toml`` (one method and
 seed per figure with a shortened, fixed config) into a fresh folder, then ``check`` against
 ``experiments/reference/slice-<vendor>.csv`` for this machine's CPU vendor (``intel``, ``amd``):
@@ -58,8 +65,8 @@ NOT_COMPARED = ("time_s",)  # wall-clock: recorded, machine-dependent
 ARCHIVED = ("before/", "design/")
 CURVE = "val_loss@epoch"  # + N: the validation loss after epoch N
 SKIP_DIRS = {"figures", "wandb", "slurm", "pretrained", "checkpoints", "sweeps"}
-# The CPU vendor each profile's reference was recorded on (MKL rounds differently on Intel and AMD,
-# docs/determinism.md): `check` on another vendor's machine says so before its mismatches.
+# The CPU vendor each profile's published reference was recorded on (MKL rounds differently on Intel
+# and AMD, docs/determinism.md); another vendor's machines check `<profile>-<vendor>.csv`.
 RECORDED_ON = {"quick": "amd"}
 
 
@@ -140,7 +147,16 @@ def _key(row: dict) -> tuple:
 # ----------------------------------------------------------------------------- the file
 
 def path(profile: str) -> Path:
+    """The profile's published reference (what the claims, README and docs read)."""
     return FOLDER / f"{profile}.csv"
+
+
+def vendor_path(profile: str, vendor: str | None = None) -> Path:
+    """The reference a machine of `vendor` (this one's by default) checks and updates: the published
+    one where it was recorded on this vendor (or records no vendor), else ``<profile>-<vendor>.csv``."""
+    vendor = vendor or determinism.cpu_vendor()
+    recorded_on = RECORDED_ON.get(profile)
+    return path(profile) if recorded_on in (None, vendor) else FOLDER / f"{profile}-{vendor}.csv"
 
 
 def read(file: str | Path) -> list[dict]:
@@ -206,23 +222,26 @@ def _equal(a: float, b: float) -> bool:
 
 def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
           file: Path | None = None) -> int:
-    reference = read(file or path(profile))
+    vendor = determinism.cpu_vendor()
+    own = vendor_path(profile, vendor)
+    other_vendors = file is None and not own.exists()  # checked against the published reference
+    file = file or (path(profile) if other_vendors else own)
+    reference = read(file)
     if not reference:
-        print(f"{file or path(profile)}: no reference rows; run `python -m experiments.reporting.reference "
-              f"update`")
+        print(f"{file}: no reference rows; run `python -m experiments.reporting.reference update`")
         return 1
     known = sorted({r["experiment"].partition("/")[0] for r in reference})
     empty = [e for e in experiments or [] if not any(_selected(r, [e]) for r in reference)]
     if empty:
-        raise UserError(f"--experiment {','.join(empty)}: no such results folder in {file or path(profile)}; "
+        raise UserError(f"--experiment {','.join(empty)}: no such results folder in {file}; "
                         f"known: {', '.join(known)} (or a figure's name, e.g. regularization)")
     problems, notes = compare(reference, collect(results_dir, profile), experiments)
-    recorded_on = RECORDED_ON.get(profile) if file is None else None
-    vendor = determinism.cpu_vendor()
-    if recorded_on and recorded_on != vendor:
-        notes.insert(0, f"note: {path(profile)} was recorded on {recorded_on} CPUs and this one is "
-                        f"{vendor}'s: MKL rounds differently on the two, and training can amplify it, "
-                        f"so values differ (docs/determinism.md#intel-and-amd)")
+    if other_vendors:
+        notes.insert(0, f"note: {file} was recorded on {RECORDED_ON[profile]} CPUs and this one is "
+                        f"{vendor}'s, which has no {own.name}: MKL rounds differently on the two, "
+                        f"and training can amplify it, so values differ (docs/determinism.md#intel-and-amd)")
+    elif file == own != path(profile):
+        notes.insert(0, f"reference for this CPU vendor ({vendor}): {own.relative_to(FOLDER.parents[1])}")
     for line in notes:
         print(line)
     for line in problems:
@@ -239,7 +258,7 @@ def update(profile: str, results_dir: str | Path, experiments: list[str] | None,
     experiments' rows when `experiments` is given). With `merge`, rows of runs that are not under
     `results_dir` are kept: a profile whose runs are made at different times (``cpu``: hours of
     runs, which results/ need not keep all of) is recorded run by run."""
-    file = file or path(profile)
+    file = file or vendor_path(profile)
     fresh = [r for r in collect(results_dir, profile) if _selected(r, experiments)]
     fresh_runs = {(r["experiment"], r["run"]) for r in fresh}
     kept = [r for r in read(file)
