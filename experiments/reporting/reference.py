@@ -224,8 +224,8 @@ def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
           file: Path | None = None) -> int:
     vendor = determinism.cpu_vendor()
     own = vendor_path(profile, vendor)
-    other_vendors = file is None and not own.exists()  # checked against the published reference
-    file = file or (path(profile) if other_vendors else own)
+    no_own_file = file is None and not own.exists()  # so checked against the published reference
+    file = file or (path(profile) if no_own_file else own)
     reference = read(file)
     if not reference:
         print(f"{file}: no reference rows; run `python -m experiments.reporting.reference update`")
@@ -236,11 +236,11 @@ def check(profile: str, results_dir: str | Path, experiments: list[str] | None,
         raise UserError(f"--experiment {','.join(empty)}: no such results folder in {file}; "
                         f"known: {', '.join(known)} (or a figure's name, e.g. regularization)")
     problems, notes = compare(reference, collect(results_dir, profile), experiments)
-    if other_vendors:
+    if no_own_file:
         notes.insert(0, f"note: {file} was recorded on {RECORDED_ON[profile]} CPUs and this one is "
                         f"{vendor}'s, which has no {own.name}: MKL rounds differently on the two, "
                         f"and training can amplify it, so values differ (docs/determinism.md#intel-and-amd)")
-    elif file == own != path(profile):
+    elif file == own and own != path(profile):
         notes.insert(0, f"reference for this CPU vendor ({vendor}): {own.relative_to(FOLDER.parents[1])}")
     for line in notes:
         print(line)
